@@ -3,6 +3,7 @@
 from typing import Any
 
 from transformers import BlipTextConfig, BlipVisionConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 
 class EfficientSamVisionConfig(PreTrainedConfig):
@@ -178,6 +179,8 @@ class EsamBlipConfig(PreTrainedConfig):
     """
 
     model_type = "esam_blip"
+    # Every half is optional; declaring them lets `attn_implementation` and `dtype` reach the sub-configs.
+    sub_configs_defaults = {key: SubConfigSpec(cls, optional=True) for key, cls in _SUB_CONFIG_CLASSES.items()}
 
     sam_vision_config: dict | PreTrainedConfig | None = None
     prompt_encoder_config: dict | PreTrainedConfig | None = None

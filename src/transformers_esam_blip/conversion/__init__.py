@@ -1,0 +1,1 @@
+"""Conversion of original EfficientSAM and BLIP checkpoints to the EsamBlip format."""

@@ -1,0 +1,251 @@
+"""EsamBlip models: the joint base model and its promptable-segmentation and image-text-matching heads."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_esam_blip import EsamBlipConfig
+from .modeling_blip_itm import EsamBlipImageTextModule
+from .modeling_efficient_sam import (
+    VALID_LABELS,
+    EfficientSamModule,
+    EfficientSamPositionalEmbedding,
+    EfficientSamVisionEncoder,
+    assemble_prompts,
+)
+
+
+@dataclass
+class EsamBlipSegmentationOutput(ModelOutput):
+    r"""
+    Output of [`EsamBlipForPromptableSegmentation`].
+
+    Args:
+        loss (`torch.FloatTensor`, *optional*): training loss when labels are given.
+        iou_scores (`torch.FloatTensor` of shape `[B, Q, M]`): predicted IoU of every candidate mask (not sorted,
+            no sigmoid; the best mask of a query is its arg-max).
+        pred_masks (`torch.FloatTensor` of shape `[B, Q, M, 256, 256]`): low-resolution mask logits; resize them
+            with `EsamBlipImageProcessor.post_process_masks` and threshold at 0.
+        image_embeddings (`torch.FloatTensor` of shape `[B, C, 64, 64]`): EfficientSAM image embeddings, to reuse
+            for further prompts.
+    """
+
+    loss: torch.FloatTensor | None = None
+    iou_scores: torch.FloatTensor | None = None
+    pred_masks: torch.FloatTensor | None = None
+    image_embeddings: torch.FloatTensor | None = None
+
+
+class EsamBlipPreTrainedModel(PreTrainedModel):
+    config: EsamBlipConfig
+    config_class = EsamBlipConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    _no_split_modules = ["EfficientSamVisionLayer", "EfficientSamTwoWayAttentionBlock"]
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, EfficientSamVisionEncoder):
+            init.trunc_normal_(module.pos_embed, std=self.config.initializer_range)
+        elif isinstance(module, EfficientSamPositionalEmbedding):
+            init.normal_(module.positional_embedding, std=1.0)
+
+
+class EsamBlipModel(EsamBlipPreTrainedModel):
+    """
+    The joint model: the EfficientSAM half (`self.sam`, points/boxes → masks) and the BLIP half (`self.blip`, ITM,
+    ITC, Grad-CAM). Either may be `None` when the checkpoint holds only the other one.
+    """
+
+    def __init__(self, config: EsamBlipConfig) -> None:
+        super().__init__(config)
+        self.sam = EfficientSamModule(config) if config.has_segmentation else None
+        self.blip = EsamBlipImageTextModule(config) if config.has_blip else None
+        self.post_init()
+
+    def require_segmentation(self) -> EfficientSamModule:
+        if self.sam is None:
+            raise ValueError(
+                "This checkpoint has no EfficientSAM half (config.sam_vision_config is None): it cannot segment. "
+                "Convert it with `--efficientsam` to add one."
+            )
+        return self.sam
+
+    def require_blip(self) -> EsamBlipImageTextModule:
+        if self.blip is None:
+            raise ValueError(
+                "This checkpoint has no BLIP half (config.vision_config/text_config are None): it cannot match "
+                "images and texts. Convert it with `--blip` to add one."
+            )
+        return self.blip
+
+    def get_image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`pixel_values [B, 3, S, S]` (from `EsamBlipImageProcessor`) → EfficientSAM `image_embeddings [B, C, g, g]`."""
+        return self.require_segmentation().get_image_embeddings(pixel_values)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        blip_pixel_values: torch.Tensor | None = None,
+        **kwargs,
+    ) -> ModelOutput:
+        """
+        Encode images with whichever halves the checkpoint has.
+
+        Returns:
+            `ModelOutput` with `image_embeddings [B, C, g, g]` (EfficientSAM) and/or `blip_image_embeds
+            [B, 1+N, D]` (BLIP ViT).
+        """
+        if pixel_values is None and blip_pixel_values is None:
+            raise ValueError("Pass `pixel_values` (EfficientSAM) and/or `blip_pixel_values` (BLIP).")
+        output = ModelOutput()
+        if pixel_values is not None:
+            output["image_embeddings"] = self.get_image_embeddings(pixel_values)
+        if blip_pixel_values is not None:
+            output["blip_image_embeds"] = self.require_blip().get_image_features(blip_pixel_values)
+        return output
+
+
+def _check_tensor(name: str, value: torch.Tensor, ndim: int, last: int | None, expected: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of shape {expected}, got {type(value).__name__}.")
+    if value.ndim != ndim or (last is not None and value.shape[-1] != last):
+        raise ValueError(f"`{name}` must have shape {expected}, got {tuple(value.shape)}.")
+
+
+class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
+    """
+    EfficientSAM masks from points and boxes, SAM-compatible: `get_image_embeddings` once, then
+    `forward(image_embeddings=..., input_points=..., input_labels=...)` for as many prompts as needed, so
+    `pipeline("mask-generation")` works unchanged.
+    """
+
+    def __init__(self, config: EsamBlipConfig) -> None:
+        super().__init__(config)
+        self.model = EsamBlipModel(config)
+        self.post_init()
+
+    def get_image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`pixel_values [B, 3, S, S]` → `image_embeddings [B, C, g, g]`; encode once, prompt many times."""
+        return self.model.get_image_embeddings(pixel_values)
+
+    def _validate_prompts(
+        self,
+        batch_size: int,
+        input_points: torch.Tensor | None,
+        input_labels: torch.Tensor | None,
+        input_boxes: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        size = self.config.sam_vision_config.image_size
+        if input_points is None and input_boxes is None:
+            raise ValueError("Pass `input_points` and/or `input_boxes`: EfficientSAM needs a prompt.")
+        if input_points is None and input_labels is not None:
+            raise ValueError("`input_labels` was given without `input_points`.")
+        num_queries = []
+        if input_points is not None:
+            _check_tensor("input_points", input_points, 4, 2, "[batch, queries, points, 2]")
+            if input_labels is None:
+                input_labels = torch.ones(input_points.shape[:3], dtype=torch.long, device=input_points.device)
+            _check_tensor("input_labels", input_labels, 3, None, "[batch, queries, points]")
+            if input_labels.shape != input_points.shape[:3]:
+                raise ValueError(
+                    f"`input_labels` must have shape {tuple(input_points.shape[:3])} to match `input_points` "
+                    f"{tuple(input_points.shape)}, got {tuple(input_labels.shape)}."
+                )
+            bad = ~torch.isin(input_labels.long(), torch.tensor(VALID_LABELS, device=input_labels.device))
+            if bad.any():
+                raise ValueError(
+                    f"`input_labels` must be in {list(VALID_LABELS)} (-1 padding, 0 background, 1 foreground, "
+                    f"2/3 box corners), got {sorted(set(input_labels[bad].tolist()))}."
+                )
+            real = input_labels != VALID_LABELS[0]
+            coords = input_points[real]
+            if coords.numel() and (coords.min() < 0 or coords.max() > size or not torch.isfinite(coords).all()):
+                raise ValueError(
+                    f"`input_points` must lie in the {size}x{size} encoder frame ([0, {size}] per axis); got values in "
+                    f"[{coords.min().item():.1f}, {coords.max().item():.1f}]. Pass image-pixel coordinates through "
+                    "EsamBlipImageProcessor/EsamBlipProcessor, which rescales them."
+                )
+            num_queries.append(("input_points", input_points.shape[0], input_points.shape[1]))
+        if input_boxes is not None:
+            _check_tensor("input_boxes", input_boxes, 3, 4, "[batch, queries, 4] as (x1, y1, x2, y2)")
+            if (input_boxes[..., 2] < input_boxes[..., 0]).any() or (input_boxes[..., 3] < input_boxes[..., 1]).any():
+                raise ValueError("`input_boxes` must be (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1.")
+            num_queries.append(("input_boxes", input_boxes.shape[0], input_boxes.shape[1]))
+        for name, batch, _ in num_queries:
+            if batch != batch_size:
+                raise ValueError(f"`{name}` has batch size {batch} but the images have {batch_size}.")
+        if len(num_queries) == 2 and num_queries[0][2] != num_queries[1][2]:
+            raise ValueError(
+                f"`input_points` ({num_queries[0][2]} queries) and `input_boxes` ({num_queries[1][2]} queries) must "
+                "hold the same number of queries per image."
+            )
+        return input_labels
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+        input_points: torch.Tensor | None = None,
+        input_labels: torch.Tensor | None = None,
+        input_boxes: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        blip_pixel_values: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> EsamBlipSegmentationOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`[B, 3, S, S]`): normalised images from `EsamBlipImageProcessor` (XOR `image_embeddings`).
+            image_embeddings (`[B, C, g, g]`): output of `get_image_embeddings`, to prompt an encoded image again.
+            input_points (`[B, Q, P, 2]`): (x, y) in the S x S encoder frame (the processor rescales image pixels);
+                padding `(-1, -1)`.
+            input_labels (`[B, Q, P]`): 1 foreground, 0 background, 2/3 box corners, -1 padding; all 1 if omitted.
+            input_boxes (`[B, Q, 4]`): (x1, y1, x2, y2) in the encoder frame; added as two corner points after the
+                query's points.
+            multimask_output (`bool`): three candidate masks per query if True, one otherwise.
+            blip_pixel_values: accepted so the processor's full output can be passed; unused by point/box prompts.
+
+        Returns:
+            [`EsamBlipSegmentationOutput`] with `pred_masks [B, Q, M, 4g, 4g]` and `iou_scores [B, Q, M]`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        sam = self.model.require_segmentation()
+        if (pixel_values is None) == (image_embeddings is None):
+            raise ValueError("Pass exactly one of `pixel_values` and `image_embeddings`.")
+        if image_embeddings is None:
+            image_embeddings = sam.get_image_embeddings(pixel_values)
+        else:
+            vision = self.config.sam_vision_config
+            grid = vision.image_embedding_size
+            _check_tensor("image_embeddings", image_embeddings, 4, None, f"[batch, {vision.output_channels}, {grid}, {grid}]")
+            if image_embeddings.shape[1:] != (vision.output_channels, grid, grid):
+                raise ValueError(
+                    f"`image_embeddings` must have shape [batch, {vision.output_channels}, {grid}, {grid}], "
+                    f"got {tuple(image_embeddings.shape)}."
+                )
+        input_labels = self._validate_prompts(image_embeddings.shape[0], input_points, input_labels, input_boxes)
+        points, labels = assemble_prompts(
+            input_points, input_labels, input_boxes, self.config.prompt_encoder_config.max_num_points
+        )
+        pred_masks, iou_scores = sam.predict_masks(image_embeddings, points, labels, multimask_output)
+        output = EsamBlipSegmentationOutput(
+            iou_scores=iou_scores, pred_masks=pred_masks, image_embeddings=image_embeddings
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "EsamBlipForPromptableSegmentation",
+    "EsamBlipModel",
+    "EsamBlipPreTrainedModel",
+    "EsamBlipSegmentationOutput",
+]
