@@ -9,7 +9,12 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_esam_blip import EsamBlipConfig
-from .modeling_blip_itm import EsamBlipImageTextModule
+from .gradcam import pnp_vqa_gradcams
+from .modeling_blip_itm import (
+    EsamBlipGradCamOutput,
+    EsamBlipImageTextMatchingOutput,
+    EsamBlipImageTextModule,
+)
 from .modeling_efficient_sam import (
     VALID_LABELS,
     EfficientSamModule,
@@ -243,8 +248,163 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+def _pair_images(image_embeds: torch.Tensor, num_texts: int) -> torch.Tensor:
+    """One image per text for ITM; a single image is broadcast to every text."""
+    if image_embeds.ndim != 3:
+        raise ValueError(
+            f"`image_embeds` must have shape [num_images, 1 + num_patches, width], got {tuple(image_embeds.shape)}."
+        )
+    if image_embeds.shape[0] == num_texts:
+        return image_embeds
+    if image_embeds.shape[0] == 1:
+        return image_embeds.expand(num_texts, -1, -1)
+    raise ValueError(
+        f"ITM scores image-text pairs: got {image_embeds.shape[0]} images for {num_texts} texts. Pass one image per "
+        "text, or a single image to score every text against it."
+    )
+
+
+class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
+    """
+    BLIP image-text matching (ITM logits), ITC similarity and Grad-CAM, with LAVIS's semantics. Needs a checkpoint
+    with the BLIP half (`config.has_blip`).
+
+    Texts come from the tokenizer with [CLS] first and right padding (`EsamBlipProcessor`); for ITM the first token is
+    replaced by `config.enc_token_id` inside, as LAVIS does.
+    """
+
+    main_input_name = "input_ids"
+
+    def __init__(self, config: EsamBlipConfig) -> None:
+        super().__init__(config)
+        self.model = EsamBlipModel(config)
+        self.post_init()
+
+    def _images(self, blip_pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None) -> torch.Tensor:
+        if (blip_pixel_values is None) == (image_embeds is None):
+            raise ValueError("Pass exactly one of `blip_pixel_values` and `image_embeds`.")
+        if image_embeds is None:
+            image_embeds = self.model.require_blip().get_image_features(blip_pixel_values)
+        return image_embeds
+
+    def get_image_features(self, blip_pixel_values: torch.Tensor) -> torch.Tensor:
+        """`blip_pixel_values [B, 3, S, S]` → BLIP ViT output `image_embeds [B, 1 + N, D]` (after the final norm)."""
+        return self.model.require_blip().get_image_features(blip_pixel_values)
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        `input_ids [B, L]` ([CLS] first) → text-only last hidden state `[B, L, D_text]` (LAVIS's `mode="text"`; its
+        [CLS] row, projected by `text_proj`, is the ITC text feature).
+        """
+        return self.model.require_blip().get_text_features(input_ids, attention_mask)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        blip_pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        use_itm_head: bool = True,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> EsamBlipImageTextMatchingOutput | tuple:
+        r"""
+        Args:
+            input_ids (`[B_texts, L]`): token ids with [CLS] first, right-padded.
+            attention_mask (`[B_texts, L]`, *optional*): 1 for real tokens; all ones if omitted.
+            blip_pixel_values (`[B_images, 3, S, S]`): BLIP-normalised images (XOR `image_embeds`).
+            image_embeds (`[B_images, 1 + N, D]`): output of `get_image_features`, to reuse an encoded image.
+            use_itm_head (`bool`): ITM logits of pairs if True (`B_images == B_texts`, or a single image broadcast to
+                every text); ITC similarity of every image with every text otherwise.
+            labels (`[B_texts]`, *optional*): 1 match / 0 no match; gives the ITM cross-entropy `loss`.
+
+        Returns:
+            [`EsamBlipImageTextMatchingOutput`]: `itm_score` is `[B_texts, 2]` ITM logits (match probability
+            `softmax(-1)[:, 1]`) or `[B_images, B_texts]` ITC cosine similarity (no temperature).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        blip = self.model.require_blip()
+        if input_ids is None or input_ids.numel() == 0:
+            raise ValueError(
+                "`input_ids` must hold at least one tokenized text, got "
+                f"{None if input_ids is None else tuple(input_ids.shape)}."
+            )
+        image_embeds = self._images(blip_pixel_values, image_embeds)
+        loss = image_feat = text_feat = None
+        if use_itm_head:
+            text_embeds = blip.get_multimodal_features(
+                input_ids, attention_mask, _pair_images(image_embeds, input_ids.shape[0])
+            )
+            itm_score = blip.itm_head(text_embeds[:, 0])
+            if labels is not None:
+                if labels.shape != (input_ids.shape[0],) or ((labels != 0) & (labels != 1)).any():
+                    raise ValueError(
+                        f"`labels` must be 0/1 match targets of shape ({input_ids.shape[0]},), got shape "
+                        f"{tuple(labels.shape)} with values {labels.unique().tolist()}."
+                    )
+                loss = nn.functional.cross_entropy(itm_score, labels.long())
+        else:
+            if labels is not None:
+                raise ValueError("`labels` are ITM match targets: pass them with `use_itm_head=True`.")
+            text_embeds = blip.get_text_features(input_ids, attention_mask)
+            image_feat = blip.get_image_projections(image_embeds)
+            text_feat = nn.functional.normalize(blip.text_proj(text_embeds[:, 0]), dim=-1)
+            itm_score = image_feat @ text_feat.t()
+        output = EsamBlipImageTextMatchingOutput(
+            loss=loss,
+            itm_score=itm_score,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            image_feat=image_feat,
+            text_feat=text_feat,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def compute_gradcam(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        blip_pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        block_num: int | None = None,
+    ) -> EsamBlipGradCamOutput:
+        r"""
+        Grad-CAM of each text over its image at the cross-attention of text layer `block_num` (default
+        `config.gradcam_block_num`), LAVIS's arithmetic and rows. Only the attention gradient of that layer is
+        computed (no backward through the ViT, no parameter `.grad`); works under `torch.no_grad()`. Call it in eval
+        mode.
+
+        Args:
+            input_ids (`[B, L]`): token ids with [CLS] first, right-padded.
+            attention_mask (`[B, L]` or `None`): 1 for real tokens.
+            blip_pixel_values (`[B or 1, 3, S, S]`): images (XOR `image_embeds`); a single image serves every text.
+            image_embeds (`[B or 1, 1 + g*g, D]`): output of `get_image_features`.
+            block_num (`int`, *optional*): text layer in `[0, num_hidden_layers - 1]`.
+
+        Returns:
+            [`EsamBlipGradCamOutput`] with `gradcam [B, L + 1, g, g]`, `gradcams [B, g*g]` (PnP-VQA's heatmap: the
+            caption-mean row) and `itm_logits [B, 2]`.
+        """
+        blip = self.model.require_blip()
+        with torch.no_grad():  # Grad-CAM never differentiates through the ViT.
+            image_embeds = self._images(blip_pixel_values, image_embeds)
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
+            raise ValueError(
+                f"`input_ids` must be a tensor of shape [B, L], got {getattr(input_ids, 'shape', type(input_ids))}."
+            )
+        gradcam, itm_logits = blip.compute_gradcam(
+            input_ids, attention_mask, _pair_images(image_embeds, input_ids.shape[0]), block_num=block_num
+        )
+        return EsamBlipGradCamOutput(gradcam=gradcam, gradcams=pnp_vqa_gradcams(gradcam), itm_logits=itm_logits)
+
+
 __all__ = [
+    "EsamBlipForImageTextMatching",
     "EsamBlipForPromptableSegmentation",
+    "EsamBlipGradCamOutput",
+    "EsamBlipImageTextMatchingOutput",
     "EsamBlipModel",
     "EsamBlipPreTrainedModel",
     "EsamBlipSegmentationOutput",
