@@ -1,0 +1,684 @@
+"""Image processor for EsamBlip: EfficientSAM and BLIP pixels, point/box prompts, mask post-processing, AMG hooks."""
+
+import numbers
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from torch.nn import functional as F
+from transformers.image_processing_base import ImageProcessingMixin
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    ChannelDimension,
+)
+from transformers.utils import TensorType
+
+from .mask_generation_utils import build_point_grid, compute_crop_boxes, deduplicate_masks, filter_crop_masks
+
+ImageLike = PIL.Image.Image | np.ndarray | torch.Tensor
+SizeLike = torch.Tensor | np.ndarray | Sequence[Sequence[int]]
+
+# PIL raises DecompressionBombError above twice its MAX_IMAGE_PIXELS; the same bound keeps a bad array from
+# allocating tens of GB in the resize.
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+VALID_POINT_LABELS = (-1, 0, 1, 2, 3)
+# Modes whose conversion to 8-bit RGB would clip or rescale values silently.
+_UNSUPPORTED_PIL_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+_POINTS_LAYOUT = "images -> queries -> points -> (x, y), i.e. [B, Q, P, 2]"
+_LABELS_LAYOUT = "images -> queries -> point labels, i.e. [B, Q, P]"
+_BOXES_LAYOUT = "images -> queries -> [x1, y1, x2, y2], i.e. [B, Q, 4]"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _nested_numbers(
+    value: Any, name: str, levels: tuple[str, ...], layout: str, leaf_size: int | None, path: str = ""
+) -> list:
+    """Validate a nested list/array prompt level by level and return it as nested Python lists of floats."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(
+            f"`{name}{path}` must be a list of {levels[0]}, got {type(value).__name__}. Expected nesting: {layout}."
+        )
+    if len(levels) > 1:
+        return [
+            _nested_numbers(item, name, levels[1:], layout, leaf_size, f"{path}[{i}]") for i, item in enumerate(value)
+        ]
+    if leaf_size is not None and len(value) != leaf_size:
+        raise ValueError(
+            f"`{name}{path}` must hold {leaf_size} {levels[0]}, got {len(value)}. Expected nesting: {layout}."
+        )
+    for item in value:
+        if not _is_number(item):
+            raise TypeError(
+                f"`{name}{path}` must hold numbers, got {type(item).__name__}. Expected nesting: {layout}."
+            )
+    return [float(item) for item in value]
+
+
+def _per_image(value: Any, name: str, num_images: int, ndim: int, layout: str) -> Any:
+    """Check the batch level of a prompt: one entry per image (arrays/tensors must be `ndim`-dimensional)."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        if value.ndim != ndim:
+            raise ValueError(f"`{name}` must be {ndim}-dimensional ({layout}), got shape {tuple(value.shape)}.")
+    elif not isinstance(value, (list, tuple)):
+        raise TypeError(
+            f"`{name}` must be a nested list, a numpy array or a torch tensor ({layout}), got {type(value).__name__}."
+        )
+    if len(value) != num_images:
+        raise ValueError(
+            f"`{name}` holds prompts for {len(value)} images but {num_images} images were given; give one entry per "
+            f"image ({layout})."
+        )
+    return value
+
+
+def _rescale_coordinates(coords: torch.Tensor, original_size: tuple[int, int], target_size: int) -> torch.Tensor:
+    """Map `(..., 2)` float32 `(x, y)` from original-image pixels to the square SAM frame, per axis."""
+    height, width = original_size
+    # Same float32 operation order as EfficientSAM's `get_rescaled_pts`, so the coordinates match it bit for bit.
+    return torch.stack([coords[..., 0] * target_size / width, coords[..., 1] * target_size / height], dim=-1)
+
+
+class EsamBlipImageProcessor(BaseImageProcessor):
+    r"""
+    Image processor of [`EsamBlipModel`]. Produces the EfficientSAM input (square resize, no aspect ratio kept) and,
+    when `blip_image_size` is set, the BLIP input (LAVIS `BlipImageEvalProcessor`); rescales point and box prompts
+    to the SAM frame; upsamples mask logits; and implements every hook of `pipeline("mask-generation")`.
+
+    Accepted images: `PIL.Image.Image` (any 8-bit mode; RGBA/LA lose their alpha channel, which is dropped, not
+    composited), numpy arrays (HWC by default, CHW recognised), torch tensors (CHW by default, HWC recognised),
+    2-D arrays (gray), and 4-D arrays/tensors (a batch). Gray images are replicated to 3 channels, a 4th (alpha)
+    channel is dropped. Integer pixels must lie in [0, 255]; float pixels are taken as already in [0, 1].
+
+    Args:
+        sam_image_size (`int` or `None`, defaults to 1024): side `S` of the square EfficientSAM input; `None` for a
+            matching-only checkpoint (no `pixel_values`, no prompts).
+        image_mean (`tuple[float, float, float]`, defaults to the ImageNet mean): EfficientSAM normalisation mean.
+        image_std (`tuple[float, float, float]`, defaults to the ImageNet std): EfficientSAM normalisation std.
+        blip_image_size (`int` or `None`, defaults to `None`): side of the square BLIP input (384 for BLIP-base);
+            `None` for no `blip_pixel_values`.
+        blip_image_mean (`tuple[float, float, float]`, defaults to the CLIP mean): BLIP normalisation mean.
+        blip_image_std (`tuple[float, float, float]`, defaults to the CLIP std): BLIP normalisation std.
+        max_num_points (`int`, defaults to 6): points per query the decoder takes; longer queries are truncated with
+            a warning.
+        max_image_pixels (`int` or `None`, defaults to 178956970): largest accepted `height * width` (PIL's
+            decompression-bomb bound); `None` disables the check.
+    """
+
+    model_input_names = ["pixel_values", "blip_pixel_values"]
+
+    def __init__(
+        self,
+        sam_image_size: int | None = 1024,
+        image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        blip_image_size: int | None = None,
+        blip_image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
+        blip_image_std: Sequence[float] = OPENAI_CLIP_STD,
+        max_num_points: int = 6,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        **kwargs,
+    ) -> None:
+        if "size" in kwargs:
+            raise ValueError("`size` is derived from `sam_image_size`; pass `sam_image_size` instead.")
+        super().__init__(**kwargs)
+        for name, value in (("sam_image_size", sam_image_size), ("blip_image_size", blip_image_size)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
+        if sam_image_size is None and blip_image_size is None:
+            raise ValueError("At least one of `sam_image_size` and `blip_image_size` must be set.")
+        if not isinstance(max_num_points, int) or max_num_points < 1:
+            raise ValueError(f"`max_num_points` must be a positive int, got {max_num_points!r}.")
+        if max_image_pixels is not None and (not isinstance(max_image_pixels, int) or max_image_pixels < 1):
+            raise ValueError(f"`max_image_pixels` must be a positive int or None, got {max_image_pixels!r}.")
+        self.sam_image_size = sam_image_size
+        self.image_mean = self._channel_stats(image_mean, "image_mean")
+        self.image_std = self._channel_stats(image_std, "image_std", positive=True)
+        self.blip_image_size = blip_image_size
+        self.blip_image_mean = self._channel_stats(blip_image_mean, "blip_image_mean")
+        self.blip_image_std = self._channel_stats(blip_image_std, "blip_image_std", positive=True)
+        self.max_num_points = max_num_points
+        self.max_image_pixels = max_image_pixels
+
+    @staticmethod
+    def _channel_stats(values: Sequence[float], name: str, positive: bool = False) -> tuple[float, float, float]:
+        values = tuple(float(v) for v in values)
+        if len(values) != 3 or (positive and min(values) <= 0):
+            raise ValueError(f"`{name}` must hold 3 {'positive ' if positive else ''}values (RGB), got {values}.")
+        return values
+
+    @property
+    def size(self) -> dict[str, int]:
+        """`{"height": S, "width": S}`, the SAM frame `pipeline("mask-generation")` reads; `{}` without SAM."""
+        if self.sam_image_size is None:
+            return {}
+        return {"height": self.sam_image_size, "width": self.sam_image_size}
+
+    def to_dict(self) -> dict[str, Any]:
+        # BaseImageProcessor.to_dict drops None values, but None is meaningful here (no BLIP or SAM pixels, no limit).
+        return ImageProcessingMixin.to_dict(self)
+
+    def _require_sam(self, what: str) -> int:
+        if self.sam_image_size is None:
+            raise ValueError(
+                f"{what} need the EfficientSAM frame, but this image processor has `sam_image_size=None`."
+            )
+        return self.sam_image_size
+
+    # ------------------------------------------------------------------ images
+
+    def _to_rgb_tensor(
+        self, image: Any, name: str, input_data_format: str | ChannelDimension | None = None
+    ) -> torch.Tensor:
+        """One image as a `[3, H, W]` CPU tensor: uint8, or float32 in [0, 1]."""
+        if isinstance(image, PIL.Image.Image):
+            self._check_image_size(image.height, image.width, name)
+            if image.mode in _UNSUPPORTED_PIL_MODES:
+                raise ValueError(
+                    f"`{name}` is a PIL image of mode {image.mode!r}; only 8-bit modes are supported (convert it, or "
+                    "pass a float array in [0, 1])."
+                )
+            return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+        if isinstance(image, np.ndarray):
+            pixels, channels_last = self._array_to_tensor(image, name), True
+        elif isinstance(image, torch.Tensor):
+            pixels, channels_last = image.detach().cpu(), False
+        else:
+            raise TypeError(
+                f"`{name}` must be a PIL.Image.Image, a numpy array or a torch tensor, got {type(image).__name__}."
+            )
+        if pixels.ndim == 2:
+            pixels = pixels[None]
+        elif pixels.ndim == 3:
+            if input_data_format is not None:
+                channels_last = ChannelDimension(input_data_format) == ChannelDimension.LAST
+            elif channels_last and pixels.shape[-1] > 4 and pixels.shape[0] <= 4:
+                channels_last = False
+            elif not channels_last and pixels.shape[0] > 4 and pixels.shape[-1] <= 4:
+                channels_last = True
+            if channels_last:
+                pixels = pixels.permute(2, 0, 1)
+        else:
+            raise ValueError(
+                f"`{name}` must have 2 (H, W) or 3 (H, W, C / C, H, W) dimensions, got shape {tuple(pixels.shape)}."
+            )
+        num_channels, height, width = pixels.shape
+        self._check_image_size(height, width, name)
+        if num_channels not in (1, 3, 4):
+            raise ValueError(
+                f"`{name}` has {num_channels} channels (shape {tuple(image.shape)}); expected 1 (gray), 3 (RGB) or "
+                "4 (RGBA, alpha dropped). Set `input_data_format` if the channel axis was misread."
+            )
+        pixels = self._check_pixel_values(pixels[:3], name)
+        return pixels.expand(3, -1, -1) if num_channels == 1 else pixels
+
+    @staticmethod
+    def _array_to_tensor(image: np.ndarray, name: str) -> torch.Tensor:
+        if image.dtype.kind not in "uif":
+            raise TypeError(f"`{name}` has dtype {image.dtype}; expected uint8 (or integers in [0, 255]) or float.")
+        if image.dtype.kind in "ui" and image.dtype != np.uint8:
+            image = image.astype(np.int64)
+        return torch.from_numpy(np.ascontiguousarray(image))
+
+    def _check_image_size(self, height: int, width: int, name: str) -> None:
+        if height == 0 or width == 0:
+            raise ValueError(f"`{name}` is empty (height {height}, width {width}).")
+        if self.max_image_pixels is not None and height * width > self.max_image_pixels:
+            raise ValueError(
+                f"`{name}` has {height * width} pixels ({height}x{width}), over `max_image_pixels`="
+                f"{self.max_image_pixels}; downscale it, or raise or disable (None) `max_image_pixels`."
+            )
+
+    @staticmethod
+    def _check_pixel_values(pixels: torch.Tensor, name: str) -> torch.Tensor:
+        if pixels.dtype == torch.uint8:
+            return pixels
+        if pixels.dtype == torch.bool or pixels.is_complex():
+            raise TypeError(f"`{name}` has dtype {pixels.dtype}; expected uint8 (or integers in [0, 255]) or float.")
+        if pixels.is_floating_point():
+            pixels = pixels.float()
+            if not bool(torch.isfinite(pixels).all()) or pixels.min() < 0 or pixels.max() > 1:
+                raise ValueError(
+                    f"`{name}` is a float image with values in [{pixels.min().item():g}, {pixels.max().item():g}]; "
+                    "float images must lie in [0, 1] (divide 8-bit pixels by 255, or pass uint8)."
+                )
+            return pixels
+        if pixels.min() < 0 or pixels.max() > 255:
+            raise ValueError(
+                f"`{name}` is an integer image with values in [{pixels.min().item()}, {pixels.max().item()}]; integer "
+                "images must lie in [0, 255]."
+            )
+        return pixels.to(torch.uint8)
+
+    @staticmethod
+    def _as_image_list(images: Any) -> list:
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+            return list(images)
+        if isinstance(images, (list, tuple)):
+            if len(images) == 0:
+                raise ValueError("`images` is an empty list.")
+            return list(images)
+        return [images]
+
+    def _sam_pixels(self, image: torch.Tensor) -> torch.Tensor:
+        """EfficientSAM `preprocess`: [0, 1] floats, bilinear resize to S x S (no antialias), then normalise."""
+        size = self.sam_image_size
+        pixels = image.float() / 255 if image.dtype == torch.uint8 else image
+        pixels = F.interpolate(pixels[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+        mean = torch.tensor(self.image_mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.image_std, dtype=torch.float32).view(3, 1, 1)
+        return (pixels - mean) / std
+
+    def _blip_pixels(self, image: torch.Tensor) -> torch.Tensor:
+        """LAVIS `BlipImageEvalProcessor`: PIL bicubic resize of the 8-bit RGB image, ToTensor, normalise."""
+        size = self.blip_image_size
+        if image.dtype != torch.uint8:
+            # LAVIS resizes 8-bit PIL images; rounding makes this lossless for floats that came from uint8 / 255.
+            image = (image * 255).round().to(torch.uint8)
+        resized = PIL.Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).resize(
+            (size, size), resample=PIL.Image.Resampling.BICUBIC
+        )
+        pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float() / 255
+        mean = torch.tensor(self.blip_image_mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.blip_image_std, dtype=torch.float32).view(3, 1, 1)
+        return (pixels - mean) / std
+
+    def preprocess(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        input_points: Any = None,
+        input_labels: Any = None,
+        input_boxes: Any = None,
+        return_tensors: str | TensorType | None = "pt",
+        input_data_format: str | ChannelDimension | None = None,
+    ) -> BatchFeature:
+        """
+        Preprocess a batch of `B` images and their optional prompts.
+
+        Args:
+            images: one image or a list of them (see the class docstring for the accepted forms).
+            input_points, input_labels, input_boxes: prompts in original-image pixels, see [`preprocess_prompts`].
+            return_tensors (`str` or [`~utils.TensorType`], defaults to `"pt"`): `"pt"` or `"np"` (`None` keeps torch).
+            input_data_format (`str` or [`~image_utils.ChannelDimension`], *optional*): channel axis of 3-D arrays,
+                `"channels_first"` or `"channels_last"`; inferred when omitted.
+
+        Returns:
+            [`BatchFeature`] with
+            - `pixel_values` `[B, 3, S, S]` float32 (only with `sam_image_size`),
+            - `blip_pixel_values` `[B, 3, s, s]` float32 (only with `blip_image_size`),
+            - `original_sizes` `[B, 2]` int64 `(height, width)`,
+            - `reshaped_input_sizes` `[B, 2]` int64, every row `(S, S)` (only with `sam_image_size`),
+            - the outputs of [`preprocess_prompts`] when prompts are given.
+        """
+        if return_tensors not in (None, "pt", "np", TensorType.PYTORCH, TensorType.NUMPY):
+            raise ValueError(f"`return_tensors` must be 'pt', 'np' or None, got {return_tensors!r}.")
+        image_list = self._as_image_list(images)
+        rgb = [
+            self._to_rgb_tensor(image, f"images[{i}]" if len(image_list) > 1 else "images", input_data_format)
+            for i, image in enumerate(image_list)
+        ]
+        original_sizes = [tuple(image.shape[-2:]) for image in rgb]
+        data: dict[str, torch.Tensor] = {"original_sizes": torch.tensor(original_sizes, dtype=torch.int64)}
+        if self.sam_image_size is not None:
+            data["pixel_values"] = torch.stack([self._sam_pixels(image) for image in rgb])
+            data["reshaped_input_sizes"] = torch.tensor([list(self.size.values())] * len(rgb), dtype=torch.int64)
+        if self.blip_image_size is not None:
+            data["blip_pixel_values"] = torch.stack([self._blip_pixels(image) for image in rgb])
+        data.update(self.preprocess_prompts(original_sizes, input_points, input_labels, input_boxes))
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    # ----------------------------------------------------------------- prompts
+
+    def preprocess_prompts(
+        self,
+        original_sizes: SizeLike,
+        input_points: Any = None,
+        input_labels: Any = None,
+        input_boxes: Any = None,
+    ) -> dict[str, torch.Tensor]:
+        """
+        Validate point and box prompts, rescale them per axis to the S x S SAM frame (`x * S / W`, `y * S / H`, each
+        image with its own size), truncate and pad them. Useful on its own to prompt precomputed image embeddings.
+
+        Args:
+            original_sizes: `[B, 2]` `(height, width)` of each image.
+            input_points: per image, per query, per point `(x, y)` in original-image pixels; nested lists (ragged
+                allowed) or an array/tensor `[B, Q, P, 2]`. Real points must satisfy `0 <= x <= W`, `0 <= y <= H`;
+                points labelled -1 are padding and their coordinates are ignored.
+            input_labels: per image, per query, per point label, same nesting as `input_points` (`[B, Q, P]`):
+                1 foreground, 0 background, 2 box top-left, 3 box bottom-right, -1 padding. Defaults to all 1.
+            input_boxes: per image, per query `[x1, y1, x2, y2]` in original-image pixels (nested lists or
+                `[B, Q, 4]`), inside the image with `x1 <= x2` and `y1 <= y2`. With `input_points`, each image must
+                have as many box queries as point queries: box `q` and the points of query `q` prompt the same object.
+
+        Queries longer than `max_num_points` are truncated with a warning. Ragged prompts are padded to the batch's
+        largest query count `Q` and point count `P` with points `(-1, -1)`, labels -1 and boxes `(-1, -1, -1, -1)`;
+        the outputs of padded queries are meaningless.
+
+        Returns:
+            `dict` with, when given, `input_points` `[B, Q, P, 2]` float32, `input_labels` `[B, Q, P]` int64 and
+            `input_boxes` `[B, Q, 4]` float32, all in the SAM frame.
+        """
+        if input_points is None and input_labels is None and input_boxes is None:
+            return {}
+        if input_labels is not None and input_points is None:
+            raise ValueError("`input_labels` were given without `input_points`.")
+        target_size = self._require_sam("Point and box prompts")
+        sizes = [
+            (int(h), int(w))
+            for h, w in (original_sizes.tolist() if hasattr(original_sizes, "tolist") else original_sizes)
+        ]
+        outputs: dict[str, torch.Tensor] = {}
+        query_counts = None
+        if input_points is not None:
+            points, labels = self._parse_points(input_points, input_labels, sizes)
+            query_counts = [len(image_points) for image_points in points]
+        if input_boxes is not None:
+            boxes = self._parse_boxes(input_boxes, sizes)
+            box_counts = [len(image_boxes) for image_boxes in boxes]
+            if query_counts is not None and box_counts != query_counts:
+                raise ValueError(
+                    f"`input_boxes` has {box_counts} queries per image but `input_points` has {query_counts}; with "
+                    "both given, box q and the points of query q prompt the same object, so the counts must match."
+                )
+            query_counts = box_counts
+        num_queries = max(query_counts)
+        if num_queries == 0:
+            raise ValueError("The prompts hold no query for any image.")
+        if input_points is not None:
+            outputs["input_points"], outputs["input_labels"] = self._pad_points(
+                points, labels, sizes, num_queries, target_size
+            )
+        if input_boxes is not None:
+            padded = torch.full((len(sizes), num_queries, 4), -1.0)
+            for b, (image_boxes, size) in enumerate(zip(boxes, sizes, strict=True)):
+                if image_boxes:
+                    corners = torch.tensor(image_boxes, dtype=torch.float32).view(-1, 2, 2)
+                    padded[b, : len(image_boxes)] = _rescale_coordinates(corners, size, target_size).view(-1, 4)
+            outputs["input_boxes"] = padded
+        return outputs
+
+    def _parse_points(
+        self, input_points: Any, input_labels: Any, sizes: list[tuple[int, int]]
+    ) -> tuple[list[list[list[list[float]]]], list[list[list[int]]]]:
+        """Validated, truncated nested points and integer labels."""
+        levels = ("queries", "points", "coordinates (x, y)")
+        points = [
+            _nested_numbers(image_points, "input_points", levels, _POINTS_LAYOUT, 2, f"[{b}]")
+            for b, image_points in enumerate(_per_image(input_points, "input_points", len(sizes), 4, _POINTS_LAYOUT))
+        ]
+        if input_labels is None:
+            labels = [[[1] * len(query) for query in image_points] for image_points in points]
+        else:
+            labels = [
+                _nested_numbers(image_labels, "input_labels", ("queries", "labels"), _LABELS_LAYOUT, None, f"[{b}]")
+                for b, image_labels in enumerate(
+                    _per_image(input_labels, "input_labels", len(sizes), 3, _LABELS_LAYOUT)
+                )
+            ]
+        truncated = []
+        for b, (image_points, image_labels, (height, width)) in enumerate(zip(points, labels, sizes, strict=True)):
+            if len(image_labels) != len(image_points):
+                raise ValueError(
+                    f"`input_labels[{b}]` has {len(image_labels)} queries but `input_points[{b}]` has "
+                    f"{len(image_points)}."
+                )
+            for q, (query_points, query_labels) in enumerate(zip(image_points, image_labels, strict=True)):
+                where = f"[{b}][{q}]"
+                if len(query_labels) != len(query_points):
+                    raise ValueError(
+                        f"`input_labels{where}` has {len(query_labels)} labels but `input_points{where}` has "
+                        f"{len(query_points)} points; give one label per point."
+                    )
+                if not query_points:
+                    raise ValueError(f"`input_points{where}` is an empty query; give at least one point.")
+                for p, ((x, y), label) in enumerate(zip(query_points, query_labels, strict=True)):
+                    if label not in VALID_POINT_LABELS:
+                        raise ValueError(
+                            f"`input_labels{where}[{p}]` is {label:g}; labels must be one of {VALID_POINT_LABELS} "
+                            "(1 foreground, 0 background, 2/3 box corners, -1 padding)."
+                        )
+                    if label != -1 and not (0 <= x <= width and 0 <= y <= height):
+                        raise ValueError(
+                            f"`input_points{where}[{p}]` = ({x:g}, {y:g}) lies outside image {b} (width {width}, "
+                            f"height {height}); points are (x, y) in original-image pixels with 0 <= x <= {width} "
+                            f"and 0 <= y <= {height}."
+                        )
+                if len(query_points) > self.max_num_points:
+                    if any(label != -1 for label in query_labels[self.max_num_points :]):
+                        truncated.append(f"{where} ({len(query_points)} points)")
+                    del query_points[self.max_num_points :], query_labels[self.max_num_points :]
+                image_labels[q] = [int(label) for label in query_labels]
+        if truncated:
+            warnings.warn(
+                f"Queries {', '.join(truncated)} of `input_points` have more than max_num_points="
+                f"{self.max_num_points} points; only their first {self.max_num_points} points are used.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return points, labels
+
+    def _pad_points(
+        self,
+        points: list[list[list[list[float]]]],
+        labels: list[list[list[int]]],
+        sizes: list[tuple[int, int]],
+        num_queries: int,
+        target_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        num_points = max(len(query) for image_points in points for query in image_points)
+        padded_points = torch.full((len(sizes), num_queries, num_points, 2), -1.0)
+        padded_labels = torch.full((len(sizes), num_queries, num_points), -1, dtype=torch.int64)
+        for b, (image_points, image_labels, size) in enumerate(zip(points, labels, sizes, strict=True)):
+            for q, (query_points, query_labels) in enumerate(zip(image_points, image_labels, strict=True)):
+                query_labels = torch.tensor(query_labels, dtype=torch.int64)
+                rescaled = _rescale_coordinates(torch.tensor(query_points, dtype=torch.float32), size, target_size)
+                rescaled[query_labels == -1] = -1.0
+                padded_points[b, q, : len(query_points)] = rescaled
+                padded_labels[b, q, : len(query_points)] = query_labels
+        return padded_points, padded_labels
+
+    def _parse_boxes(self, input_boxes: Any, sizes: list[tuple[int, int]]) -> list[list[list[float]]]:
+        boxes = [
+            _nested_numbers(image_boxes, "input_boxes", ("queries", "coordinates"), _BOXES_LAYOUT, 4, f"[{b}]")
+            for b, image_boxes in enumerate(_per_image(input_boxes, "input_boxes", len(sizes), 3, _BOXES_LAYOUT))
+        ]
+        for b, (image_boxes, (height, width)) in enumerate(zip(boxes, sizes, strict=True)):
+            for q, (x1, y1, x2, y2) in enumerate(image_boxes):
+                if not (x1 <= x2 and y1 <= y2):
+                    raise ValueError(
+                        f"`input_boxes[{b}][{q}]` = [{x1:g}, {y1:g}, {x2:g}, {y2:g}] must satisfy x1 <= x2 and "
+                        "y1 <= y2 ([x1, y1, x2, y2] = top-left then bottom-right corner)."
+                    )
+                if not (0 <= x1 and 0 <= y1 and x2 <= width and y2 <= height):
+                    raise ValueError(
+                        f"`input_boxes[{b}][{q}]` = [{x1:g}, {y1:g}, {x2:g}, {y2:g}] lies outside image {b} (width "
+                        f"{width}, height {height}); boxes are in original-image pixels within [0, {width}] x "
+                        f"[0, {height}]."
+                    )
+        return boxes
+
+    # ------------------------------------------------------------------- masks
+
+    def post_process_masks(
+        self,
+        masks: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray],
+        original_sizes: SizeLike,
+        reshaped_input_sizes: SizeLike | None = None,
+        mask_threshold: float = 0.0,
+        binarize: bool = True,
+        **kwargs,
+    ) -> list[torch.Tensor]:
+        """
+        Upsample low-resolution mask logits straight to each original image size with one bicubic interpolation (as
+        EfficientSAM does; no intermediate S x S step, no padding to remove), then threshold.
+
+        Args:
+            masks: `[B, Q, M, h, w]` logits, or a list of `B` arrays `[..., h, w]` (e.g. `[Q, M, h, w]`).
+            original_sizes: `[B, 2]` `(height, width)` of each image.
+            reshaped_input_sizes: accepted for API compatibility with SAM and unused (the SAM frame has no padding).
+            mask_threshold (`float`, defaults to 0.0): logits above it are foreground.
+            binarize (`bool`, defaults to `True`): return boolean masks; otherwise float32 logits.
+
+        Returns:
+            `list[torch.Tensor]`: per image, `[..., H, W]` (e.g. `[Q, M, H, W]`), bool or float32.
+        """
+        if kwargs:
+            raise ValueError(f"`post_process_masks` does not support {sorted(kwargs)} for EfficientSAM masks.")
+        if isinstance(original_sizes, (torch.Tensor, np.ndarray)):
+            original_sizes = original_sizes.tolist()
+        if len(masks) != len(original_sizes):
+            raise ValueError(f"Got masks for {len(masks)} images but {len(original_sizes)} `original_sizes`.")
+        outputs = []
+        for image_masks, (height, width) in zip(masks, original_sizes, strict=True):
+            image_masks = torch.as_tensor(image_masks)
+            if image_masks.ndim < 2:
+                raise ValueError(
+                    f"Each image's masks must be at least 2-D (..., h, w), got shape {tuple(image_masks.shape)}."
+                )
+            leading, low_res = image_masks.shape[:-2], image_masks.shape[-2:]
+            # Bicubic upsampling has no half-precision CPU kernel; logits are upsampled in float32.
+            logits = F.interpolate(
+                image_masks.float().reshape(1, -1, *low_res),
+                size=(int(height), int(width)),
+                mode="bicubic",
+                align_corners=False,
+            ).reshape(*leading, int(height), int(width))
+            outputs.append(logits > mask_threshold if binarize else logits)
+        return outputs
+
+    # -------------------------------------------------- mask-generation hooks
+
+    def generate_crop_boxes(
+        self,
+        image: ImageLike,
+        target_size: int,
+        crop_n_layers: int = 0,
+        overlap_ratio: float = 512 / 1500,
+        points_per_crop: int = 32,
+        crop_n_points_downscale_factor: int = 1,
+        device: torch.device | str | None = None,
+        input_data_format: str | ChannelDimension | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """
+        Crops and point grids of the automatic mask generator (`pipeline("mask-generation")`): the whole image, then
+        `(2**i)**2` overlapping crops for layer `i = 1..crop_n_layers`, each with a regular grid of
+        `(points_per_crop // crop_n_points_downscale_factor**i)**2` point prompts.
+
+        Args:
+            image: one image (any form [`preprocess`] accepts).
+            target_size (`int`): side of the SAM frame (`size["height"]`).
+            crop_n_layers (`int`, defaults to 0): number of crop layers beyond the whole image.
+            overlap_ratio (`float`, defaults to 512/1500): crop overlap as a fraction of the short side (first layer).
+            points_per_crop (`int`, defaults to 32): grid points per side in the whole image.
+            crop_n_points_downscale_factor (`int`, defaults to 1): per-layer divisor of the points per side.
+            device: device of the returned tensors (CPU by default).
+
+        Returns:
+            `(crop_boxes, points, cropped_images, input_labels)`:
+            - `crop_boxes` `[C, 4]` float32 `[x0, y0, x1, y1]` in original pixels (x1, y1 exclusive);
+            - `points` `[1, N, C, 2]` float32: the grid of crop `c` in `points[0, :, c]`, in the SAM frame of that
+              crop (per axis). Layers with fewer points repeat theirs cyclically up to `N` (the duplicate masks are
+              removed by the final NMS);
+            - `cropped_images`: `C` tensors `[3, h_c, w_c]` (uint8, or float32 in [0, 1]);
+            - `input_labels` `[1, N, C]` int64, all 1.
+        """
+        if not isinstance(target_size, int) or target_size < 1:
+            raise ValueError(f"`target_size` must be a positive int, got {target_size!r}.")
+        if crop_n_layers < 0:
+            raise ValueError(f"`crop_n_layers` must be >= 0, got {crop_n_layers}.")
+        if not 0 <= overlap_ratio < 1:
+            raise ValueError(f"`overlap_ratio` must lie in [0, 1), got {overlap_ratio}.")
+        if crop_n_points_downscale_factor < 1:
+            raise ValueError(f"`crop_n_points_downscale_factor` must be >= 1, got {crop_n_points_downscale_factor}.")
+        pixels = self._to_rgb_tensor(image, "image", input_data_format)
+        height, width = pixels.shape[-2:]
+        boxes, layers = compute_crop_boxes(height, width, crop_n_layers, overlap_ratio)
+        grids = [
+            build_point_grid(int(points_per_crop / crop_n_points_downscale_factor**layer))
+            for layer in range(crop_n_layers + 1)
+        ]
+        num_points = max(len(grid) for grid in grids)
+        cropped_images, crop_points = [], []
+        for (left, top, right, bottom), layer in zip(boxes, layers, strict=True):
+            crop_size = (bottom - top, right - left)
+            cropped_images.append(pixels[:, top:bottom, left:right])
+            grid = grids[layer][torch.arange(num_points) % len(grids[layer])]
+            in_crop_pixels = grid * torch.tensor([crop_size[1], crop_size[0]], dtype=torch.float32)
+            crop_points.append(_rescale_coordinates(in_crop_pixels, crop_size, target_size))
+        points = torch.stack(crop_points, dim=1)[None]
+        input_labels = torch.ones(points.shape[:-1], dtype=torch.int64)
+        device = torch.device("cpu") if device is None else device
+        return (
+            torch.tensor(boxes, dtype=torch.float32, device=device),
+            points.to(device),
+            cropped_images,
+            input_labels.to(device),
+        )
+
+    def filter_masks(
+        self,
+        masks: torch.Tensor,
+        iou_scores: torch.Tensor,
+        original_size: Sequence[int] | torch.Tensor,
+        cropped_box_image: Sequence[int] | torch.Tensor,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        mask_threshold: float = 0.0,
+        stability_score_offset: float = 1.0,
+    ) -> tuple[list[dict[str, list[int]]], torch.Tensor, torch.Tensor]:
+        """
+        Keep the masks of one crop with predicted IoU above `pred_iou_thresh`, stability score above
+        `stability_score_thresh`, and not cut by the crop's edge; see
+        [`~mask_generation_utils.filter_crop_masks`].
+
+        Args:
+            masks (`torch.Tensor` of shape `(Q, M, h_c, w_c)`): logits at the crop's resolution.
+            iou_scores (`torch.Tensor` of shape `(Q, M)`).
+            original_size: `(H, W)` of the whole image.
+            cropped_box_image: `[x0, y0, x1, y1]` of the crop.
+
+        Returns:
+            `(rles, scores [K], boxes [K, 4] int64)` with the masks as RLEs of the whole image.
+        """
+        return filter_crop_masks(
+            masks,
+            iou_scores,
+            original_size,
+            cropped_box_image,
+            pred_iou_thresh,
+            stability_score_thresh,
+            mask_threshold,
+            stability_score_offset,
+        )
+
+    def post_process_for_mask_generation(
+        self,
+        all_masks: list[dict[str, list[int]]],
+        all_scores: torch.Tensor,
+        all_boxes: torch.Tensor,
+        crops_nms_thresh: float = 0.7,
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[dict[str, list[int]]], torch.Tensor]:
+        """
+        Box NMS over all crops' masks; see [`~mask_generation_utils.deduplicate_masks`].
+
+        Returns:
+            `(masks, scores, rles, boxes)`: kept masks as bool `[H, W]` tensors, scores `[K]`, their RLEs and boxes
+            `[K, 4]`.
+        """
+        return deduplicate_masks(all_masks, all_scores, all_boxes, crops_nms_thresh)
+
+
+__all__ = ["EsamBlipImageProcessor"]
