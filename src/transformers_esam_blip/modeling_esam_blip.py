@@ -150,10 +150,10 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         input_boxes: torch.Tensor | None,
     ) -> torch.Tensor | None:
         size = self.config.sam_vision_config.image_size
-        if input_points is None and input_boxes is None:
-            raise ValueError("Pass `input_points` and/or `input_boxes`: EfficientSAM needs a prompt.")
         if input_points is None and input_labels is not None:
             raise ValueError("`input_labels` was given without `input_points`.")
+        if input_points is None and input_boxes is None:
+            raise ValueError("Pass `input_points` and/or `input_boxes`: EfficientSAM needs a prompt.")
         num_queries = []
         if input_points is not None:
             _check_tensor("input_points", input_points, 4, 2, "[batch, queries, points, 2]")
@@ -222,7 +222,7 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         Returns:
             [`EsamBlipSegmentationOutput`] with `pred_masks [B, Q, M, 4g, 4g]` and `iou_scores [B, Q, M]`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         sam = self.model.require_segmentation()
         if (pixel_values is None) == (image_embeddings is None):
             raise ValueError("Pass exactly one of `pixel_values` and `image_embeddings`.")
@@ -324,7 +324,7 @@ class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
             [`EsamBlipImageTextMatchingOutput`]: `itm_score` is `[B_texts, 2]` ITM logits (match probability
             `softmax(-1)[:, 1]`) or `[B_images, B_texts]` ITC cosine similarity (no temperature).
         """
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         blip = self.model.require_blip()
         if input_ids is None or input_ids.numel() == 0:
             raise ValueError(

@@ -1,0 +1,58 @@
+"""transformers-esam-blip: EfficientSAM promptable segmentation and BLIP image-text matching as `transformers` models.
+
+Importing the package registers every class with the `transformers` Auto classes, and marks them so that saved
+checkpoints carry an `auto_map` (loadable with `trust_remote_code=True` where this package is not installed).
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForMaskGeneration,
+    AutoProcessor,
+)
+
+from .configuration_esam_blip import (
+    EfficientSamMaskDecoderConfig,
+    EfficientSamPromptEncoderConfig,
+    EfficientSamVisionConfig,
+    EsamBlipConfig,
+)
+from .image_processing_esam_blip import EsamBlipImageProcessor
+from .modeling_esam_blip import (
+    EsamBlipForImageTextMatching,
+    EsamBlipForPromptableSegmentation,
+    EsamBlipModel,
+    EsamBlipPreTrainedModel,
+    EsamBlipSegmentationOutput,
+)
+from .processing_esam_blip import EsamBlipProcessor
+
+__version__ = "0.1.0"
+
+AutoConfig.register(EsamBlipConfig.model_type, EsamBlipConfig, exist_ok=True)
+AutoModel.register(EsamBlipConfig, EsamBlipModel, exist_ok=True)
+AutoModelForMaskGeneration.register(EsamBlipConfig, EsamBlipForPromptableSegmentation, exist_ok=True)
+AutoImageProcessor.register(EsamBlipConfig, EsamBlipImageProcessor, exist_ok=True)
+AutoProcessor.register(EsamBlipConfig, EsamBlipProcessor, exist_ok=True)
+
+EsamBlipConfig.register_for_auto_class()
+EsamBlipModel.register_for_auto_class("AutoModel")
+EsamBlipForPromptableSegmentation.register_for_auto_class("AutoModelForMaskGeneration")
+EsamBlipImageProcessor.register_for_auto_class("AutoImageProcessor")
+EsamBlipProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "EfficientSamMaskDecoderConfig",
+    "EfficientSamPromptEncoderConfig",
+    "EfficientSamVisionConfig",
+    "EsamBlipConfig",
+    "EsamBlipForImageTextMatching",
+    "EsamBlipForPromptableSegmentation",
+    "EsamBlipImageProcessor",
+    "EsamBlipModel",
+    "EsamBlipPreTrainedModel",
+    "EsamBlipProcessor",
+    "EsamBlipSegmentationOutput",
+    "__version__",
+]

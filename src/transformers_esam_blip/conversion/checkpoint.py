@@ -1,0 +1,195 @@
+"""Build one EsamBlip checkpoint (safetensors, config, processor, model card) from original EfficientSAM/BLIP weights."""
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..configuration_esam_blip import EsamBlipConfig
+from ..image_processing_esam_blip import EsamBlipImageProcessor
+from ..modeling_esam_blip import EsamBlipForImageTextMatching, EsamBlipForPromptableSegmentation
+from ..processing_esam_blip import EsamBlipProcessor, load_blip_tokenizer
+from .blip import blip_configs_from_state_dict, convert_blip_state_dict, load_blip_source
+from .efficient_sam import (
+    convert_efficient_sam_state_dict,
+    efficient_sam_configs_from_state_dict,
+    load_efficient_sam_state_dict,
+)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The repository's MODEL_CARD.md links here, so the template also ships with a non-editable install.
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "assets" / "MODEL_CARD.md"
+
+
+def _check_keys(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [
+        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+        for key, value in state_dict.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if mismatched:
+        problems.append(f"shape mismatches {mismatched}")
+    if problems:
+        raise ValueError("The converted weights do not match the model: " + "; ".join(problems))
+
+
+def render_model_card(template: str, values: dict[str, str]) -> str:
+    """Replace every `{{name}}` of the template; a placeholder left unfilled is an error."""
+    for name, value in values.items():
+        template = template.replace("{{" + name + "}}", value)
+    if "{{" in template:
+        start = template.index("{{")
+        raise ValueError(f"Model card placeholder left unfilled: {template[start:template.index('}}', start) + 2]}")
+    return template
+
+
+def convert_checkpoint(
+    output_dir: str | Path,
+    efficientsam: str | Path | None = None,
+    blip: str | Path | None = None,
+    sam_num_heads: int | None = None,
+    blip_vision_heads: int | None = None,
+    blip_text_heads: int | None = None,
+    tokenizer: str | Path | None = None,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    push_to_hub: str | None = None,
+) -> Path:
+    """
+    Convert original checkpoints into one EsamBlip folder; see `python conversion/convert_esam_blip.py --help`.
+
+    The folder is written to a temporary sibling and renamed into place only when complete, so a failed run
+    leaves nothing half-written; an existing `output_dir` is replaced only with `overwrite=True`.
+
+    Returns:
+        The output folder.
+    """
+    if efficientsam is None and blip is None:
+        raise ValueError("Give --efficientsam and/or --blip: there is nothing to convert.")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not overwrite:
+        raise FileExistsError(f"--output_dir {output_dir} exists; pass --overwrite to replace it.")
+
+    config_kwargs: dict = {"segmentation": efficientsam is not None}
+    weights: dict[str, torch.Tensor] = {}
+    sources, notes = [], []
+    if efficientsam is not None:
+        sam_state = load_efficient_sam_state_dict(efficientsam)
+        config_kwargs.update(efficient_sam_configs_from_state_dict(sam_state, num_heads=sam_num_heads))
+        weights.update({f"model.sam.{k}": v for k, v in convert_efficient_sam_state_dict(sam_state).items()})
+        sources.append(f"EfficientSAM `{Path(efficientsam).name}`")
+    blip_tokenizer = None
+    if blip is not None:
+        blip_state, kind, ignored = load_blip_source(blip)
+        config_kwargs.update(
+            blip_configs_from_state_dict(blip_state, kind, vision_heads=blip_vision_heads, text_heads=blip_text_heads)
+        )
+        weights.update({f"model.blip.{k}": v for k, v in convert_blip_state_dict(blip_state, kind).items()})
+        sources.append(f"BLIP ({kind}) `{Path(blip).name}`")
+        if ignored:
+            notes.append(f"Ignored {len(ignored)} keys of the BLIP source (momentum encoders, queues): {ignored}")
+        if tokenizer is None:
+            raise ValueError("--tokenizer is required with --blip (the BLIP vocabulary with [DEC] and [ENC]).")
+        blip_tokenizer = load_blip_tokenizer(tokenizer)
+        config_kwargs["enc_token_id"] = blip_tokenizer.convert_tokens_to_ids("[ENC]")
+
+    config = EsamBlipConfig(**config_kwargs)
+    model_class = EsamBlipForPromptableSegmentation if config.has_segmentation else EsamBlipForImageTextMatching
+    model = model_class(config)
+    _check_keys(model, weights)
+    model.load_state_dict(weights, strict=True)
+    model = model.to(DTYPES[dtype]).eval()
+    num_parameters = sum(p.numel() for p in model.parameters())
+
+    image_processor = EsamBlipImageProcessor(
+        sam_image_size=config.sam_vision_config.image_size if config.has_segmentation else None,
+        blip_image_size=config.vision_config.image_size if config.has_blip else None,
+        max_num_points=config.prompt_encoder_config.max_num_points if config.has_segmentation else 6,
+    )
+    processor = EsamBlipProcessor(image_processor=image_processor, tokenizer=blip_tokenizer, max_txt_len=config.max_txt_len)
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        parts = [name for name, present in (("EfficientSAM", config.has_segmentation), ("BLIP", config.has_blip)) if present]
+        card = render_model_card(
+            MODEL_CARD_TEMPLATE.read_text(encoding="utf-8"),
+            {
+                "model_id": push_to_hub or output_dir.name,
+                "sources": ", ".join(sources),
+                "parts": " + ".join(parts),
+                "num_parameters": f"{num_parameters / 1e6:.2f}M",
+                "dtype": dtype,
+                "model_class": model_class.__name__,
+                "notes": "\n".join(f"- {note}" for note in notes) or "- None.",
+            },
+        )
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        (staging / "conversion.json").write_text(
+            json.dumps({"sources": sources, "dtype": dtype, "notes": notes}, indent=2), encoding="utf-8"
+        )
+        if output_dir.exists():
+            backup = output_dir.with_name(f".{output_dir.name}.old")
+            output_dir.rename(backup)
+            staging.rename(output_dir)
+            shutil.rmtree(backup)
+        else:
+            staging.rename(output_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+    if push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(push_to_hub, exist_ok=True)
+        api.upload_folder(folder_path=str(output_dir), repo_id=push_to_hub)
+    return output_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Convert original EfficientSAM and/or BLIP (LAVIS or transformers) weights to one EsamBlip checkpoint."
+    )
+    parser.add_argument("--efficientsam", type=Path, help="original EfficientSAM .pt ({'model': state_dict} or a state dict)")
+    parser.add_argument("--blip", type=Path, help="LAVIS BLIP ITM .pth, or a folder with a transformers BlipForImageTextRetrieval")
+    parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument("--sam_num_heads", type=int, help="EfficientSAM ViT heads (default: width / 64)")
+    parser.add_argument("--blip_vision_heads", type=int, help="BLIP ViT heads for LAVIS checkpoints (default: width / 64)")
+    parser.add_argument("--blip_text_heads", type=int, help="BLIP text heads for LAVIS checkpoints (default: width / 64)")
+    parser.add_argument("--tokenizer", type=Path, help="BLIP BERT tokenizer folder (vocab with [DEC] and [ENC])")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
+    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="upload the folder to this Hub repository")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        output = convert_checkpoint(**vars(args))
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Wrote {output}")
+    return 0
+
+
+__all__ = ["build_parser", "convert_checkpoint", "main", "render_model_card"]
