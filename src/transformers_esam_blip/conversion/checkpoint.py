@@ -12,7 +12,7 @@ import torch
 from ..configuration_esam_blip import EsamBlipConfig
 from ..image_processing_esam_blip import EsamBlipImageProcessor
 from ..modeling_esam_blip import EsamBlipForImageTextMatching, EsamBlipForPromptableSegmentation
-from ..processing_esam_blip import EsamBlipProcessor, load_blip_tokenizer
+from ..processing_esam_blip import EsamBlipProcessor, build_blip_tokenizer
 from .blip import blip_configs_from_state_dict, convert_blip_state_dict, load_blip_source
 from .efficient_sam import (
     convert_efficient_sam_state_dict,
@@ -104,7 +104,7 @@ def convert_checkpoint(
             notes.append(f"Ignored {len(ignored)} keys of the BLIP source (momentum encoders, queues): {ignored}")
         if tokenizer is None:
             raise ValueError("--tokenizer is required with --blip (the BLIP vocabulary with [DEC] and [ENC]).")
-        blip_tokenizer = load_blip_tokenizer(tokenizer)
+        blip_tokenizer = build_blip_tokenizer(tokenizer)
         config_kwargs["enc_token_id"] = blip_tokenizer.convert_tokens_to_ids("[ENC]")
 
     config = EsamBlipConfig(**config_kwargs)
