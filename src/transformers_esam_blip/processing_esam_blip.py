@@ -208,6 +208,12 @@ class EsamBlipProcessor(ProcessorMixin):
             `[B, Q, P]`, `input_boxes` `[B, Q, 4]`, as configured and given) and, for text, `input_ids` and
             `attention_mask` `[T, L]` int64 with `L <= max_txt_len`.
         """
+        has_prompts = input_points is not None or input_labels is not None or input_boxes is not None
+        if images is None and has_prompts:
+            raise ValueError(
+                "Point and box prompts need `images` (their sizes set the rescaling); to prompt precomputed image "
+                "embeddings, use `image_processor.preprocess_prompts(original_sizes, ...)`."
+            )
         if images is None and text is None:
             raise ValueError("Give `images`, `text`, or both.")
         data: dict[str, Any] = {}
@@ -223,11 +229,6 @@ class EsamBlipProcessor(ProcessorMixin):
             )
             num_images = len(image_inputs["original_sizes"])
             data.update(image_inputs)
-        elif input_points is not None or input_labels is not None or input_boxes is not None:
-            raise ValueError(
-                "Point and box prompts need `images` (their sizes set the rescaling); to prompt precomputed image "
-                "embeddings, use `image_processor.preprocess_prompts(original_sizes, ...)`."
-            )
         elif kwargs:
             raise ValueError(f"{sorted(kwargs)} only apply to images, but no `images` were given.")
         if text is not None:
