@@ -323,12 +323,12 @@ def test_array_prompts_equal_nested_lists() -> None:
             assert torch.equal(out[key], expected[key])
 
 
-def test_padding_labels_in_input_are_normalised() -> None:
+def test_padding_points_in_input_are_dropped() -> None:
     out = EsamBlipImageProcessor(sam_image_size=10).preprocess_prompts(
-        [(10, 10)], input_points=[[[[5, 5], [500, -3]]]], input_labels=[[[1, -1]]]
+        [(10, 10)], input_points=[[[[5, 5], [500, -3]], [[-1, -1]]]], input_labels=[[[1, -1], [-1]]]
     )
-    assert out["input_points"].tolist() == [[[[5, 5], [-1, -1]]]]
-    assert out["input_labels"].tolist() == [[[1, -1]]]
+    assert out["input_points"].tolist() == [[[[5, 5]], [[-1, -1]]]]
+    assert out["input_labels"].tolist() == [[[1], [-1]]]
 
 
 def test_long_queries_are_truncated_with_a_warning() -> None:
@@ -341,9 +341,23 @@ def test_long_queries_are_truncated_with_a_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out = processor.preprocess_prompts(
-            [(10, 10)], input_points=[[[[1, 1]] * 5]], input_labels=[[[1, 1, 1, -1, -1]]]
+            [(10, 10)], input_points=[[[[1, 1], [9, 9], [2, 2], [3, 3], [4, 4]]]], input_labels=[[[1, -1, 1, -1, 0]]]
         )
-    assert out["input_labels"].tolist() == [[[1, 1, 1]]]
+    assert out["input_points"].tolist() == [[[[1, 1], [2, 2], [4, 4]]]]
+    assert out["input_labels"].tolist() == [[[1, 1, 0]]]
+
+
+def test_box_corners_count_towards_max_num_points() -> None:
+    processor = EsamBlipImageProcessor(sam_image_size=10, max_num_points=4)
+    with pytest.warns(UserWarning, match=r"more than 2 points \(max_num_points=4 minus 2 for the box corners\)"):
+        out = processor.preprocess_prompts(
+            [(10, 10)], input_points=[[[[1, 1], [2, 2], [3, 3]]]], input_boxes=[[[0, 0, 5, 5]]]
+        )
+    assert out["input_points"].tolist() == [[[[1, 1], [2, 2]]]]
+    with pytest.raises(ValueError, match="no room for points"):
+        EsamBlipImageProcessor(sam_image_size=10, max_num_points=2).preprocess_prompts(
+            [(10, 10)], input_points=[[[[1, 1]]]], input_boxes=[[[0, 0, 5, 5]]]
+        )
 
 
 @pytest.mark.parametrize(

@@ -111,8 +111,8 @@ class EsamBlipImageProcessor(BaseImageProcessor):
             `None` for no `blip_pixel_values`.
         blip_image_mean (`tuple[float, float, float]`, defaults to the CLIP mean): BLIP normalisation mean.
         blip_image_std (`tuple[float, float, float]`, defaults to the CLIP std): BLIP normalisation std.
-        max_num_points (`int`, defaults to 6): points per query the decoder takes; longer queries are truncated with
-            a warning.
+        max_num_points (`int`, defaults to 6): prompt points per query the decoder takes (a box counts as 2); longer
+            queries are truncated with a warning.
         max_image_pixels (`int` or `None`, defaults to 178956970): largest accepted `height * width` (PIL's
             decompression-bomb bound); `None` disables the check.
     """
@@ -356,14 +356,15 @@ class EsamBlipImageProcessor(BaseImageProcessor):
             original_sizes: `[B, 2]` `(height, width)` of each image.
             input_points: per image, per query, per point `(x, y)` in original-image pixels; nested lists (ragged
                 allowed) or an array/tensor `[B, Q, P, 2]`. Real points must satisfy `0 <= x <= W`, `0 <= y <= H`;
-                points labelled -1 are padding and their coordinates are ignored.
+                points labelled -1 are padding: they are dropped (a query of padding only stays a padded query).
             input_labels: per image, per query, per point label, same nesting as `input_points` (`[B, Q, P]`):
                 1 foreground, 0 background, 2 box top-left, 3 box bottom-right, -1 padding. Defaults to all 1.
             input_boxes: per image, per query `[x1, y1, x2, y2]` in original-image pixels (nested lists or
                 `[B, Q, 4]`), inside the image with `x1 <= x2` and `y1 <= y2`. With `input_points`, each image must
                 have as many box queries as point queries: box `q` and the points of query `q` prompt the same object.
 
-        Queries longer than `max_num_points` are truncated with a warning. Ragged prompts are padded to the batch's
+        A query keeps at most `max_num_points` points, or `max_num_points - 2` with a box (the model appends the box
+        as two corner points); longer queries are truncated with a warning. Ragged prompts are padded to the batch's
         largest query count `Q` and point count `P` with points `(-1, -1)`, labels -1 and boxes `(-1, -1, -1, -1)`;
         the outputs of padded queries are meaningless.
 
@@ -382,18 +383,24 @@ class EsamBlipImageProcessor(BaseImageProcessor):
         ]
         outputs: dict[str, torch.Tensor] = {}
         query_counts = None
-        if input_points is not None:
-            points, labels = self._parse_points(input_points, input_labels, sizes)
-            query_counts = [len(image_points) for image_points in points]
         if input_boxes is not None:
             boxes = self._parse_boxes(input_boxes, sizes)
-            box_counts = [len(image_boxes) for image_boxes in boxes]
-            if query_counts is not None and box_counts != query_counts:
+            query_counts = [len(image_boxes) for image_boxes in boxes]
+        if input_points is not None:
+            # The model appends each box as two corner points; they count towards the query's `max_num_points`.
+            max_points = self.max_num_points - (2 if input_boxes is not None else 0)
+            if max_points < 1:
                 raise ValueError(
-                    f"`input_boxes` has {box_counts} queries per image but `input_points` has {query_counts}; with "
+                    f"`max_num_points`={self.max_num_points} leaves no room for points next to a box's two corners."
+                )
+            points, labels = self._parse_points(input_points, input_labels, sizes, max_points)
+            point_counts = [len(image_points) for image_points in points]
+            if query_counts is not None and point_counts != query_counts:
+                raise ValueError(
+                    f"`input_boxes` has {query_counts} queries per image but `input_points` has {point_counts}; with "
                     "both given, box q and the points of query q prompt the same object, so the counts must match."
                 )
-            query_counts = box_counts
+            query_counts = point_counts
         num_queries = max(query_counts)
         if num_queries == 0:
             raise ValueError("The prompts hold no query for any image.")
@@ -411,9 +418,9 @@ class EsamBlipImageProcessor(BaseImageProcessor):
         return outputs
 
     def _parse_points(
-        self, input_points: Any, input_labels: Any, sizes: list[tuple[int, int]]
+        self, input_points: Any, input_labels: Any, sizes: list[tuple[int, int]], max_points: int
     ) -> tuple[list[list[list[list[float]]]], list[list[list[int]]]]:
-        """Validated, truncated nested points and integer labels."""
+        """Validated nested points and integer labels, without padding points and truncated to `max_points`."""
         levels = ("queries", "points", "coordinates (x, y)")
         points = [
             _nested_numbers(image_points, "input_points", levels, _POINTS_LAYOUT, 2, f"[{b}]")
@@ -456,15 +463,20 @@ class EsamBlipImageProcessor(BaseImageProcessor):
                             f"height {height}); points are (x, y) in original-image pixels with 0 <= x <= {width} "
                             f"and 0 <= y <= {height}."
                         )
-                if len(query_points) > self.max_num_points:
-                    if any(label != -1 for label in query_labels[self.max_num_points :]):
-                        truncated.append(f"{where} ({len(query_points)} points)")
-                    del query_points[self.max_num_points :], query_labels[self.max_num_points :]
-                image_labels[q] = [int(label) for label in query_labels]
+                # Padding points carry nothing; dropping them here lets the batch be re-padded to its own size.
+                real = [
+                    (point, int(label)) for point, label in zip(query_points, query_labels, strict=True) if label != -1
+                ]
+                if len(real) > max_points:
+                    truncated.append(f"{where} ({len(real)} points)")
+                    real = real[:max_points]
+                image_points[q] = [point for point, _ in real]
+                image_labels[q] = [label for _, label in real]
         if truncated:
+            boxes_note = " minus 2 for the box corners" if max_points < self.max_num_points else ""
             warnings.warn(
-                f"Queries {', '.join(truncated)} of `input_points` have more than max_num_points="
-                f"{self.max_num_points} points; only their first {self.max_num_points} points are used.",
+                f"Queries {', '.join(truncated)} of `input_points` have more than {max_points} points "
+                f"(max_num_points={self.max_num_points}{boxes_note}); only their first {max_points} points are used.",
                 UserWarning,
                 stacklevel=4,
             )
@@ -478,16 +490,16 @@ class EsamBlipImageProcessor(BaseImageProcessor):
         num_queries: int,
         target_size: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        num_points = max(len(query) for image_points in points for query in image_points)
+        # A query given only as padding keeps one padding point.
+        num_points = max(1, *(len(query) for image_points in points for query in image_points))
         padded_points = torch.full((len(sizes), num_queries, num_points, 2), -1.0)
         padded_labels = torch.full((len(sizes), num_queries, num_points), -1, dtype=torch.int64)
         for b, (image_points, image_labels, size) in enumerate(zip(points, labels, sizes, strict=True)):
             for q, (query_points, query_labels) in enumerate(zip(image_points, image_labels, strict=True)):
-                query_labels = torch.tensor(query_labels, dtype=torch.int64)
-                rescaled = _rescale_coordinates(torch.tensor(query_points, dtype=torch.float32), size, target_size)
-                rescaled[query_labels == -1] = -1.0
-                padded_points[b, q, : len(query_points)] = rescaled
-                padded_labels[b, q, : len(query_points)] = query_labels
+                if query_points:
+                    coords = torch.tensor(query_points, dtype=torch.float32)
+                    padded_points[b, q, : len(query_points)] = _rescale_coordinates(coords, size, target_size)
+                    padded_labels[b, q, : len(query_points)] = torch.tensor(query_labels, dtype=torch.int64)
         return padded_points, padded_labels
 
     def _parse_boxes(self, input_boxes: Any, sizes: list[tuple[int, int]]) -> list[list[list[float]]]:
