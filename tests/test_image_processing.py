@@ -153,6 +153,8 @@ def test_input_data_format_overrides_the_guess() -> None:
     processor = EsamBlipImageProcessor(sam_image_size=4)
     assert processor(image)["original_sizes"].tolist() == [[3, 5]]
     assert processor(image, input_data_format="channels_first")["original_sizes"].tolist() == [[5, 3]]
+    with pytest.raises(ValueError, match="`input_data_format` must be"):
+        processor(image, input_data_format="none")
 
 
 def test_blip_pixels_match_lavis_eval_processor() -> None:
@@ -452,6 +454,8 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert reloaded.size == {"height": 512, "width": 512}
     assert reloaded.image_mean == (0.1, 0.2, 0.3)
     assert EsamBlipImageProcessor.from_dict(processor.to_dict()).to_dict() == processor.to_dict()
+    overridden = EsamBlipImageProcessor.from_pretrained(tmp_path, blip_image_size=384)
+    assert overridden.blip_image_size == 384 and overridden.max_num_points == 4
 
 
 def test_auto_image_processor_registration(tmp_path: Path) -> None:

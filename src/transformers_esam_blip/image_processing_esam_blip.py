@@ -3,7 +3,7 @@
 import numbers
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import PIL.Image
@@ -35,6 +35,19 @@ _UNSUPPORTED_PIL_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 _POINTS_LAYOUT = "images -> queries -> points -> (x, y), i.e. [B, Q, P, 2]"
 _LABELS_LAYOUT = "images -> queries -> point labels, i.e. [B, Q, P]"
 _BOXES_LAYOUT = "images -> queries -> [x1, y1, x2, y2], i.e. [B, Q, 4]"
+
+
+class EsamBlipImageProcessorKwargs(TypedDict, total=False):
+    """Settings of [`EsamBlipImageProcessor`]; `from_pretrained(..., **kwargs)` overrides the saved ones with these."""
+
+    sam_image_size: int | None
+    image_mean: Sequence[float]
+    image_std: Sequence[float]
+    blip_image_size: int | None
+    blip_image_mean: Sequence[float]
+    blip_image_std: Sequence[float]
+    max_num_points: int
+    max_image_pixels: int | None
 
 
 def _is_number(value: Any) -> bool:
@@ -97,10 +110,12 @@ class EsamBlipImageProcessor(BaseImageProcessor):
     when `blip_image_size` is set, the BLIP input (LAVIS `BlipImageEvalProcessor`); rescales point and box prompts
     to the SAM frame; upsamples mask logits; and implements every hook of `pipeline("mask-generation")`.
 
-    Accepted images: `PIL.Image.Image` (any 8-bit mode; RGBA/LA lose their alpha channel, which is dropped, not
-    composited), numpy arrays (HWC by default, CHW recognised), torch tensors (CHW by default, HWC recognised),
-    2-D arrays (gray), and 4-D arrays/tensors (a batch). Gray images are replicated to 3 channels, a 4th (alpha)
-    channel is dropped. Integer pixels must lie in [0, 255]; float pixels are taken as already in [0, 1].
+    Accepted images: `PIL.Image.Image` (any 8-bit mode, converted to RGB; RGBA/LA lose their alpha channel, which
+    is dropped, not composited), numpy arrays (HWC by default, CHW recognised), torch tensors (CHW by default, HWC
+    recognised; `input_data_format` settles ambiguous shapes), 2-D arrays (gray), and 4-D arrays/tensors (a batch).
+    Gray images are replicated to 3 channels, a 4th (alpha) channel is dropped. Integer pixels must lie in
+    [0, 255]; float pixels are taken as already in [0, 1] (for the BLIP input they are rounded to 8 bits first, as
+    LAVIS resizes 8-bit PIL images).
 
     Args:
         sam_image_size (`int` or `None`, defaults to 1024): side `S` of the square EfficientSAM input; `None` for a
@@ -118,6 +133,7 @@ class EsamBlipImageProcessor(BaseImageProcessor):
     """
 
     model_input_names = ["pixel_values", "blip_pixel_values"]
+    valid_kwargs = EsamBlipImageProcessorKwargs
 
     def __init__(
         self,
@@ -203,7 +219,11 @@ class EsamBlipImageProcessor(BaseImageProcessor):
             pixels = pixels[None]
         elif pixels.ndim == 3:
             if input_data_format is not None:
-                channels_last = ChannelDimension(input_data_format) == ChannelDimension.LAST
+                if input_data_format not in (ChannelDimension.FIRST, ChannelDimension.LAST):
+                    raise ValueError(
+                        f"`input_data_format` must be 'channels_first' or 'channels_last', got {input_data_format!r}."
+                    )
+                channels_last = input_data_format == ChannelDimension.LAST
             elif channels_last and pixels.shape[-1] > 4 and pixels.shape[0] <= 4:
                 channels_last = False
             elif not channels_last and pixels.shape[0] > 4 and pixels.shape[-1] <= 4:
