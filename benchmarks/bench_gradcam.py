@@ -64,9 +64,7 @@ def lavis_style_gradcam(
         logits[:, 1].sum().backward()
     finally:
         handle.remove()
-    gradcam = gradcam_from_cross_attention(
-        saved["attention"].detach(), saved["grad"], attention_mask, blip.grid_size
-    )
+    gradcam = gradcam_from_cross_attention(saved["attention"].detach(), saved["grad"], attention_mask, blip.grid_size)
     blip.zero_grad(set_to_none=True)
     return gradcam
 

@@ -85,7 +85,9 @@ class EsamBlipImageTextModule(nn.Module):
     def __init__(self, config: EsamBlipConfig):
         super().__init__()
         if not config.has_blip:
-            raise ValueError("EsamBlipImageTextModule needs a config with the BLIP half (`vision_config`, `text_config`).")
+            raise ValueError(
+                "EsamBlipImageTextModule needs a config with the BLIP half (`vision_config`, `text_config`)."
+            )
         if not config.text_config.is_decoder:
             raise ValueError(
                 "`text_config.is_decoder` must be True: transformers' BlipTextModel only builds its cross-attention "
@@ -187,7 +189,9 @@ class EsamBlipImageTextModule(nn.Module):
         """
         return self.get_image_projections(image_embeds) @ self.get_text_projections(input_ids, attention_mask).t()
 
-    def get_multimodal_features(self, input_ids: Tensor, attention_mask: Tensor | None, image_embeds: Tensor) -> Tensor:
+    def get_multimodal_features(
+        self, input_ids: Tensor, attention_mask: Tensor | None, image_embeds: Tensor
+    ) -> Tensor:
         r"""
         Text encoder with [ENC] first, cross-attending to the image: the hidden states the ITM head reads.
 

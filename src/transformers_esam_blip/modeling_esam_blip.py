@@ -291,9 +291,7 @@ class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
         """`blip_pixel_values [B, 3, S, S]` → BLIP ViT output `image_embeds [B, 1 + N, D]` (after the final norm)."""
         return self.model.require_blip().get_image_features(blip_pixel_values)
 
-    def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """
         `input_ids [B, L]` ([CLS] first) → text-only last hidden state `[B, L, D_text]` (LAVIS's `mode="text"`; its
         [CLS] row, projected by `text_proj`, is the ITC text feature).

@@ -46,7 +46,13 @@ _LAVIS_KEY_RULES: tuple[tuple[str, str], ...] = (
 _TRANSFORMERS_KEY_PATTERN = r"^(vision_model|text_encoder|vision_proj|text_proj|itm_head)\."
 
 # Fields copied from a transformers config.json: semantics the shapes cannot tell. The shape fields are checked.
-_VISION_SEMANTIC_FIELDS = ("num_attention_heads", "layer_norm_eps", "hidden_act", "attention_dropout", "initializer_range")
+_VISION_SEMANTIC_FIELDS = (
+    "num_attention_heads",
+    "layer_norm_eps",
+    "hidden_act",
+    "attention_dropout",
+    "initializer_range",
+)
 _TEXT_SEMANTIC_FIELDS = (
     "num_attention_heads",
     "layer_norm_eps",
@@ -211,7 +217,9 @@ def blip_configs_from_state_dict(
             layer_norm_eps=1e-12, hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1
         )
     if source_config is not None:
-        _merge_source_config(vision_config, source_config.get("vision_config") or {}, _VISION_SEMANTIC_FIELDS, "vision")
+        _merge_source_config(
+            vision_config, source_config.get("vision_config") or {}, _VISION_SEMANTIC_FIELDS, "vision"
+        )
         _merge_source_config(text_config, source_config.get("text_config") or {}, _TEXT_SEMANTIC_FIELDS, "text")
         source_projection = source_config.get("image_text_hidden_size", projection_width)
         if source_projection != projection_width:
@@ -374,7 +382,7 @@ def _load_file(path: Path) -> dict[str, Tensor]:
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         checkpoint = checkpoint["model"]
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} must hold a state dict or {{'model': state_dict}}, got {type(checkpoint).__name__}.")
+        raise TypeError(f"{path} must hold a state dict or {{'model': state_dict}}, got {type(checkpoint).__name__}.")
     return checkpoint
 
 
