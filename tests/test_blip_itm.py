@@ -375,3 +375,20 @@ def test_gradcam_rows_follow_lavis_layout():
     torch.testing.assert_close(gradcam[:, 2:], per_token[:, 1:])
     with pytest.raises(ValueError, match="`grid_size` 3 expects 10 image tokens"):
         gradcam_from_cross_attention(probs, grads, mask, grid_size=3)
+
+
+@pytest.mark.skipif(
+    not (FIXTURES / "lavis_blip_itm" / "original_keys_blip_itm_base.json").is_file(),
+    reason="key list of the real BLIP-base ITM checkpoint not found in the shared fixtures",
+)
+def test_real_blip_base_key_list_converts():
+    listing = json.loads((FIXTURES / "lavis_blip_itm" / "original_keys_blip_itm_base.json").read_text())
+    state_dict = {key: torch.empty(shape, device="meta") for key, shape in listing["keys"].items()}
+    kept, ignored = split_ignored_blip_keys(state_dict)
+    assert ignored == ["text_encoder.embeddings.position_ids"]
+    kwargs = blip_configs_from_state_dict(kept, "lavis")
+    vision, text = kwargs["vision_config"], kwargs["text_config"]
+    assert (vision["image_size"], vision["patch_size"], vision["num_attention_heads"]) == (384, 16, 12)
+    assert (text["num_hidden_layers"], text["num_attention_heads"], text["vocab_size"]) == (12, 12, 30524)
+    assert (kwargs["image_text_hidden_size"], kwargs["gradcam_block_num"]) == (256, 7)
+    assert len(convert_blip_state_dict(kept, "lavis")) == len(kept) == 472
