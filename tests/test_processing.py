@@ -1,5 +1,9 @@
 """EsamBlipProcessor: LAVIS caption cleaning and tokenisation, [ENC]/[DEC], optional tokenizer, save/load, errors."""
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +212,33 @@ def test_segmentation_only_processor_saves_and_loads_without_tokenizer(tmp_path:
         out = loaded(images=PIL.Image.fromarray(random_image()), input_points=[[[[2, 3]]]])
         assert out["pixel_values"].shape == (1, 3, 1024, 1024) and out["input_points"].shape == (1, 1, 1, 2)
         assert loaded.model_input_names == ["pixel_values", "blip_pixel_values"]
+
+
+def test_saved_processors_load_as_remote_code_without_the_package(
+    processor: EsamBlipProcessor, tmp_path: Path
+) -> None:
+    processor.save_pretrained(tmp_path / "full")
+    EsamBlipProcessor(EsamBlipImageProcessor(sam_image_size=32)).save_pretrained(tmp_path / "segmentation")
+    script = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        from transformers import AutoProcessor
+
+        assert "transformers_esam_blip" not in sys.modules
+        full = AutoProcessor.from_pretrained("full", trust_remote_code=True)
+        print(type(full).__name__, full(text="a red dog")["input_ids"].tolist(), full.enc_token_id)
+        segmentation = AutoProcessor.from_pretrained("segmentation", trust_remote_code=True)
+        out = segmentation(images=np.zeros((10, 20, 3), np.uint8), input_points=[[[[10, 5]]]])
+        print(segmentation.tokenizer, out["input_points"].tolist())
+        """
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    expected_ids = processor(text="a red dog")["input_ids"].tolist()
+    assert result.stdout.splitlines() == [
+        f"EsamBlipProcessor {expected_ids} {processor.enc_token_id}",
+        "None [[[[16.0, 16.0]]]]",
+    ]
