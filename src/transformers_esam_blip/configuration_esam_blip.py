@@ -172,6 +172,14 @@ class EsamBlipConfig(PreTrainedConfig):
         max_txt_len (`int`, defaults to 35): truncation length of the tokenizer, as LAVIS.
         gradcam_block_num (`int`, defaults to 7): text layer whose cross-attention Grad-CAM reads (PnP-VQA's
             choice; LAVIS's `compute_gradcam` defaults to 6).
+        text_prompt_num_points (`int`, defaults to 3): zero-shot text prompts: at most `k` salient Grad-CAM peaks
+            become foreground points.
+        text_prompt_min_distance (`int`, defaults to 2): minimum spacing of two peaks, in Grad-CAM cells.
+        text_prompt_threshold (`float`, defaults to 0.5): peaks below this fraction of the map's maximum are dropped.
+        text_prompt_num_background_points (`int`, defaults to 0): background points taken from the coldest cells.
+        match_threshold (`float`, defaults to 0.5): ITM match probability under which a text is reported absent
+            (`is_match=False`).
+        heatmap_mask_alpha (`float`, defaults to 0.5): weight of the heatmap in the mask-enhanced heatmap.
         segmentation (`bool`, *optional*): set `False` to build a matching-only config without the EfficientSAM
             defaults. By default the EfficientSAM half is built whenever none of its sub-configs is given and no
             BLIP sub-config is given either (the plain `EsamBlipConfig()` is a full EfficientSAM-S model).
@@ -191,6 +199,12 @@ class EsamBlipConfig(PreTrainedConfig):
     enc_token_id: int | None = None
     max_txt_len: int = 35
     gradcam_block_num: int = 7
+    text_prompt_num_points: int = 3
+    text_prompt_min_distance: int = 2
+    text_prompt_threshold: float = 0.5
+    text_prompt_num_background_points: int = 0
+    match_threshold: float = 0.5
+    heatmap_mask_alpha: float = 0.5
     segmentation: bool | None = None
     initializer_range: float = 0.02
 
@@ -231,6 +245,17 @@ class EsamBlipConfig(PreTrainedConfig):
         self._check_consistency()
 
     def _check_consistency(self) -> None:
+        if self.text_prompt_num_points < 1:
+            raise ValueError(f"`text_prompt_num_points` (k) must be >= 1, got {self.text_prompt_num_points}.")
+        if self.text_prompt_min_distance < 1:
+            raise ValueError(f"`text_prompt_min_distance` must be >= 1 cell, got {self.text_prompt_min_distance}.")
+        if self.text_prompt_num_background_points < 0:
+            raise ValueError(
+                f"`text_prompt_num_background_points` must be >= 0, got {self.text_prompt_num_background_points}."
+            )
+        for name in ("text_prompt_threshold", "match_threshold", "heatmap_mask_alpha"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}.")
         if self.has_segmentation:
             vision, prompt, decoder = self.sam_vision_config, self.prompt_encoder_config, self.mask_decoder_config
             widths = {

@@ -22,6 +22,7 @@ from .modeling_efficient_sam import (
     EfficientSamVisionEncoder,
     assemble_prompts,
 )
+from .text_prompting import heatmap_to_prompts, mask_enhanced_heatmap
 
 
 @dataclass
@@ -37,12 +38,32 @@ class EsamBlipSegmentationOutput(ModelOutput):
             with `EsamBlipImageProcessor.post_process_masks` and threshold at 0.
         image_embeddings (`torch.FloatTensor` of shape `[B, C, 64, 64]`): EfficientSAM image embeddings, to reuse
             for further prompts.
+        prompt_points (`torch.FloatTensor` of shape `[T, K, 2]`, text prompts only): the points chosen from each
+            text's heatmap, (x, y) cell centres in the encoder frame; unused slots are (-1, -1).
+        prompt_labels (`torch.LongTensor` of shape `[T, K]`, text prompts only): 1 salient, 0 background, -1 unused.
+        heatmap (`torch.FloatTensor` of shape `[T, g, g]`, text prompts only): Grad-CAM of each text (caption mean).
+        enhanced_heatmap (`torch.FloatTensor` of shape `[T, g, g]`, text prompts only): mask-enhanced heatmap in
+            [0, 1], `alpha * heatmap + (1 - alpha) * mask` with the best mask of the first query.
+        gradcams (`torch.FloatTensor` of shape `[T, g*g]`, text prompts only): `enhanced_heatmap` flattened, the
+            input PnP-VQA samples image patches from.
+        itm_probability (`torch.FloatTensor` of shape `[T]`, text prompts only): BLIP ITM match probability.
+        is_match (`torch.BoolTensor` of shape `[T]`, text prompts only): `itm_probability >= config.match_threshold`;
+            False means the described object is probably absent and the mask should not be trusted.
+        blip_image_embeds (`torch.FloatTensor` of shape `[B, 1 + g*g, D]`, text prompts only): BLIP ViT output.
     """
 
     loss: torch.FloatTensor | None = None
     iou_scores: torch.FloatTensor | None = None
     pred_masks: torch.FloatTensor | None = None
     image_embeddings: torch.FloatTensor | None = None
+    prompt_points: torch.FloatTensor | None = None
+    prompt_labels: torch.LongTensor | None = None
+    heatmap: torch.FloatTensor | None = None
+    enhanced_heatmap: torch.FloatTensor | None = None
+    gradcams: torch.FloatTensor | None = None
+    itm_probability: torch.FloatTensor | None = None
+    is_match: torch.BoolTensor | None = None
+    blip_image_embeds: torch.FloatTensor | None = None
 
 
 class EsamBlipPreTrainedModel(PreTrainedModel):
@@ -148,12 +169,15 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         input_points: torch.Tensor | None,
         input_labels: torch.Tensor | None,
         input_boxes: torch.Tensor | None,
+        required: bool = True,
     ) -> torch.Tensor | None:
         size = self.config.sam_vision_config.image_size
         if input_points is None and input_labels is not None:
             raise ValueError("`input_labels` was given without `input_points`.")
-        if input_points is None and input_boxes is None:
-            raise ValueError("Pass `input_points` and/or `input_boxes`: EfficientSAM needs a prompt.")
+        if input_points is None and input_boxes is None and required:
+            raise ValueError(
+                "Pass `input_points` and/or `input_boxes` (or a text with `input_ids`): EfficientSAM needs a prompt."
+            )
         num_queries = []
         if input_points is not None:
             _check_tensor("input_points", input_points, 4, 2, "[batch, queries, points, 2]")
@@ -203,7 +227,11 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         input_labels: torch.Tensor | None = None,
         input_boxes: torch.Tensor | None = None,
         multimask_output: bool = True,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         blip_pixel_values: torch.Tensor | None = None,
+        blip_image_embeds: torch.Tensor | None = None,
+        text_prompt_mode: str = "gradcam",
         return_dict: bool | None = None,
         **kwargs,
     ) -> EsamBlipSegmentationOutput | tuple:
@@ -212,56 +240,130 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
             pixel_values (`[B, 3, S, S]`): normalised images from `EsamBlipImageProcessor` (XOR `image_embeddings`).
             image_embeddings (`[B, C, g, g]`): output of `get_image_embeddings`, to prompt an encoded image again.
             input_points (`[B, Q, P, 2]`): (x, y) in the S x S encoder frame (the processor rescales image pixels);
-                padding `(-1, -1)`.
+                padding `(-1, -1)`. With texts, the batch axis is the text axis `T`.
             input_labels (`[B, Q, P]`): 1 foreground, 0 background, 2/3 box corners, -1 padding; all 1 if omitted.
             input_boxes (`[B, Q, 4]`): (x1, y1, x2, y2) in the encoder frame; added as two corner points after the
                 query's points.
             multimask_output (`bool`): three candidate masks per query if True, one otherwise.
-            blip_pixel_values: accepted so the processor's full output can be passed; unused by point/box prompts.
+            input_ids (`[T, L]`, *optional*): texts describing what to segment ([CLS]-first ids from
+                `EsamBlipProcessor`). Text `t` goes with image `t`, or every text with the single image (`B == 1`;
+                the image is encoded once). Needs the BLIP half and `blip_pixel_values` or `blip_image_embeds`.
+            attention_mask (`[T, L]`, *optional*): 1 for real tokens.
+            blip_pixel_values (`[B, 3, s, s]`): BLIP input; unused without texts (so the processor's full output can
+                be passed).
+            blip_image_embeds (`[B, 1 + N, D]`): BLIP ViT output, instead of `blip_pixel_values`.
+            text_prompt_mode (`str`): `"gradcam"`: each text's Grad-CAM heatmap gives up to
+                `config.text_prompt_num_points` salient points (cell centres), appended to every query of that text
+                (one query when no point/box is given).
 
         Returns:
-            [`EsamBlipSegmentationOutput`] with `pred_masks [B, Q, M, 4g, 4g]` and `iou_scores [B, Q, M]`.
+            [`EsamBlipSegmentationOutput`] with `pred_masks [B or T, Q, M, 4g, 4g]`, `iou_scores [B or T, Q, M]`
+            and, with texts, the chosen points, heatmaps and match probabilities.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         sam = self.model.require_segmentation()
-        if (pixel_values is None) == (image_embeddings is None):
-            raise ValueError("Pass exactly one of `pixel_values` and `image_embeddings`.")
-        if image_embeddings is None:
-            image_embeddings = sam.get_image_embeddings(pixel_values)
-        else:
-            vision = self.config.sam_vision_config
-            grid = vision.image_embedding_size
-            _check_tensor("image_embeddings", image_embeddings, 4, None, f"[batch, {vision.output_channels}, {grid}, {grid}]")
-            if image_embeddings.shape[1:] != (vision.output_channels, grid, grid):
-                raise ValueError(
-                    f"`image_embeddings` must have shape [batch, {vision.output_channels}, {grid}, {grid}], "
-                    f"got {tuple(image_embeddings.shape)}."
-                )
-        input_labels = self._validate_prompts(image_embeddings.shape[0], input_points, input_labels, input_boxes)
-        points, labels = assemble_prompts(
-            input_points, input_labels, input_boxes, self.config.prompt_encoder_config.max_num_points
+        image_embeddings = self._image_embeddings(sam, pixel_values, image_embeddings)
+        max_points = self.config.prompt_encoder_config.max_num_points
+        if input_ids is None:
+            input_labels = self._validate_prompts(image_embeddings.shape[0], input_points, input_labels, input_boxes)
+            points, labels = assemble_prompts(input_points, input_labels, input_boxes, max_points)
+            pred_masks, iou_scores = sam.predict_masks(image_embeddings, points, labels, multimask_output)
+            output = EsamBlipSegmentationOutput(
+                iou_scores=iou_scores, pred_masks=pred_masks, image_embeddings=image_embeddings
+            )
+            return output if return_dict else output.to_tuple()
+
+        if text_prompt_mode != "gradcam":
+            raise ValueError(f"`text_prompt_mode` must be 'gradcam', got {text_prompt_mode!r}.")
+        blip = self.model.require_blip()
+        if (blip_pixel_values is None) == (blip_image_embeds is None):
+            raise ValueError("Text prompts need exactly one of `blip_pixel_values` and `blip_image_embeds`.")
+        if blip_image_embeds is None:
+            blip_image_embeds = blip.get_image_features(blip_pixel_values)
+        if blip_image_embeds.shape[0] != image_embeddings.shape[0]:
+            raise ValueError(
+                f"The BLIP images ({blip_image_embeds.shape[0]}) and the EfficientSAM images "
+                f"({image_embeddings.shape[0]}) must be the same batch."
+            )
+        _check_tensor("input_ids", input_ids, 2, None, "[texts, length]")
+        num_texts = input_ids.shape[0]
+        gradcam, itm_logits = blip.compute_gradcam(
+            input_ids, attention_mask, _pair_images(blip_image_embeds, num_texts)
         )
-        pred_masks, iou_scores = sam.predict_masks(image_embeddings, points, labels, multimask_output)
+        heatmap = gradcam[:, 1]
+        text_points, text_labels = heatmap_to_prompts(
+            heatmap,
+            frame_size=self.config.sam_vision_config.image_size,
+            num_points=self.config.text_prompt_num_points,
+            min_distance=self.config.text_prompt_min_distance,
+            threshold=self.config.text_prompt_threshold,
+            num_background_points=self.config.text_prompt_num_background_points,
+        )
+        input_labels = self._validate_prompts(num_texts, input_points, input_labels, input_boxes, required=False)
+        num_queries = next((t.shape[1] for t in (input_points, input_boxes) if t is not None), 1)
+        query_points = text_points[:, None].expand(-1, num_queries, -1, -1)
+        query_labels = text_labels[:, None].expand(-1, num_queries, -1)
+        if input_points is not None:
+            query_points = torch.cat([input_points.to(query_points.dtype), query_points], dim=2)
+            query_labels = torch.cat([input_labels.long(), query_labels], dim=2)
+        points, labels = assemble_prompts(query_points, query_labels, input_boxes, max_points)
+        sam_embeddings = _pair_with_texts(image_embeddings, num_texts, "image_embeddings")
+        pred_masks, iou_scores = sam.predict_masks(sam_embeddings, points, labels, multimask_output)
+
+        best = iou_scores[:, 0].argmax(dim=-1)
+        best_mask = pred_masks[torch.arange(num_texts), 0, best] > 0  # logits: the sign decides the mask
+        enhanced = mask_enhanced_heatmap(heatmap, best_mask, self.config.heatmap_mask_alpha)
+        itm_probability = itm_logits.softmax(dim=-1)[:, 1]
         output = EsamBlipSegmentationOutput(
-            iou_scores=iou_scores, pred_masks=pred_masks, image_embeddings=image_embeddings
+            iou_scores=iou_scores,
+            pred_masks=pred_masks,
+            image_embeddings=image_embeddings,
+            prompt_points=text_points,
+            prompt_labels=text_labels,
+            heatmap=heatmap,
+            enhanced_heatmap=enhanced,
+            gradcams=enhanced.flatten(1),
+            itm_probability=itm_probability,
+            is_match=itm_probability >= self.config.match_threshold,
+            blip_image_embeds=blip_image_embeds,
         )
         return output if return_dict else output.to_tuple()
 
+    def _image_embeddings(
+        self, sam: EfficientSamModule, pixel_values: torch.Tensor | None, image_embeddings: torch.Tensor | None
+    ) -> torch.Tensor:
+        if (pixel_values is None) == (image_embeddings is None):
+            raise ValueError("Pass exactly one of `pixel_values` and `image_embeddings`.")
+        if image_embeddings is None:
+            return sam.get_image_embeddings(pixel_values)
+        vision = self.config.sam_vision_config
+        grid = vision.image_embedding_size
+        expected = f"[batch, {vision.output_channels}, {grid}, {grid}]"
+        _check_tensor("image_embeddings", image_embeddings, 4, None, expected)
+        if image_embeddings.shape[1:] != (vision.output_channels, grid, grid):
+            raise ValueError(f"`image_embeddings` must have shape {expected}, got {tuple(image_embeddings.shape)}.")
+        return image_embeddings
+
+
+def _pair_with_texts(images: torch.Tensor, num_texts: int, name: str) -> torch.Tensor:
+    """One image per text; a single image is broadcast (a view, not a copy) to every text."""
+    if images.shape[0] == num_texts:
+        return images
+    if images.shape[0] == 1:
+        return images.expand(num_texts, *images.shape[1:])
+    raise ValueError(
+        f"`{name}`: got {images.shape[0]} images for {num_texts} texts. Pass one image per text, or a single image "
+        "for every text."
+    )
+
 
 def _pair_images(image_embeds: torch.Tensor, num_texts: int) -> torch.Tensor:
-    """One image per text for ITM; a single image is broadcast to every text."""
+    """One BLIP image per text for ITM; a single image is broadcast to every text."""
     if image_embeds.ndim != 3:
         raise ValueError(
             f"`image_embeds` must have shape [num_images, 1 + num_patches, width], got {tuple(image_embeds.shape)}."
         )
-    if image_embeds.shape[0] == num_texts:
-        return image_embeds
-    if image_embeds.shape[0] == 1:
-        return image_embeds.expand(num_texts, -1, -1)
-    raise ValueError(
-        f"ITM scores image-text pairs: got {image_embeds.shape[0]} images for {num_texts} texts. Pass one image per "
-        "text, or a single image to score every text against it."
-    )
+    return _pair_with_texts(image_embeds, num_texts, "image_embeds")
 
 
 class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):

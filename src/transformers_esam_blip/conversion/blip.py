@@ -150,8 +150,9 @@ def blip_configs_from_state_dict(
 
     Returns:
         `dict` of [`EsamBlipConfig`] keyword arguments: `vision_config` and `text_config` (dicts),
-        `image_text_hidden_size`, and `gradcam_block_num` (the config default, lowered to the last text layer for
-        shallower encoders). `enc_token_id` is not in the weights: take it from the tokenizer.
+        `image_text_hidden_size`, and `gradcam_block_num` (the config default, lowered to the second-to-last text layer
+        for shallower encoders: the last layer's cross-attention of the caption tokens cannot reach the ITM logit,
+        which reads only the first token, so its caption heatmap is always zero). `enc_token_id` is not in the weights: take it from the tokenizer.
     """
     renamed, _ = _rename_keys(state_dict, _check_kind(kind))
     required = (
@@ -242,7 +243,7 @@ def blip_configs_from_state_dict(
         "vision_config": vision_config,
         "text_config": text_config,
         "image_text_hidden_size": projection_width,
-        "gradcam_block_num": min(EsamBlipConfig.gradcam_block_num, num_text_layers - 1),
+        "gradcam_block_num": max(min(EsamBlipConfig.gradcam_block_num, num_text_layers - 2), 0),
     }
 
 
