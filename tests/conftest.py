@@ -53,3 +53,23 @@ def efficientsam_fixture() -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def joint_checkpoint(tmp_path_factory) -> Path:
+    """Both visible fixtures converted into one checkpoint (1-block EfficientSAM-S at 1024², 112px BLIP)."""
+    from transformers_esam_blip.conversion.checkpoint import convert_checkpoint
+
+    sources = (EFFICIENTSAM_FIXTURE / "efficient_sam_original_format.pt", LAVIS_FIXTURE / "checkpoint.pth")
+    if not all(path.is_file() for path in sources):
+        pytest.skip(f"reference fixtures not found under {FIXTURES}")
+    output = tmp_path_factory.mktemp("joint") / "esam-blip"
+    convert_checkpoint(
+        output,
+        efficientsam=sources[0],
+        blip=sources[1],
+        blip_vision_heads=4,
+        blip_text_heads=4,
+        tokenizer=LAVIS_FIXTURE / "tokenizer",
+    )
+    return output
