@@ -20,8 +20,8 @@ from transformers_esam_blip.gradcam import gradcam_from_cross_attention
 from transformers_esam_blip.modeling_blip_itm import EsamBlipImageTextModule
 
 
-def blip_base_config() -> EsamBlipConfig:
-    """BLIP-base ITM sizes (LAVIS `blip_itm_base.yaml`)."""
+def blip_base_config(**extra) -> EsamBlipConfig:
+    """BLIP-base ITM sizes (LAVIS `blip_itm_base.yaml`), plus `extra` config fields (e.g. an EfficientSAM half)."""
     return EsamBlipConfig(
         vision_config={
             "hidden_size": 768,
@@ -42,6 +42,7 @@ def blip_base_config() -> EsamBlipConfig:
         },
         image_text_hidden_size=256,
         enc_token_id=30523,
+        **extra,
     )
 
 
