@@ -1,0 +1,176 @@
+"""Pictures: mask overlays, LAVIS-style heatmaps (upsample, blur, jet), side-by-side text results, PNG and matplotlib."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from transformers_esam_blip.visualization import (
+    draw_heatmap,
+    draw_masks,
+    draw_text_result,
+    heatmap_to_image_size,
+    jet_colormap,
+    plot_heatmap,
+    plot_masks,
+    plot_text_result,
+    save_heatmap_png,
+    save_masks_png,
+    save_text_result_png,
+)
+
+HEIGHT, WIDTH = 48, 64
+
+
+@pytest.fixture
+def image() -> Image.Image:
+    return Image.fromarray((np.random.default_rng(0).random((HEIGHT, WIDTH, 3)) * 255).astype(np.uint8))
+
+
+@pytest.fixture
+def mask() -> np.ndarray:
+    mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
+    mask[10:30, 5:25] = True
+    return mask
+
+
+def test_draw_masks_tints_only_the_mask(image, mask):
+    picture = np.asarray(draw_masks(image, mask, alpha=0.5)).astype(int)
+    original = np.asarray(image).astype(int)
+    assert picture.shape == original.shape
+    assert (np.abs(picture - original).sum(-1)[mask] > 0).mean() > 0.95
+    assert np.array_equal(picture[~mask], original[~mask])
+
+
+def test_draw_masks_points_boxes_and_padding(image):
+    empty = np.zeros((HEIGHT, WIDTH), dtype=bool)
+    picture = np.asarray(
+        draw_masks(image, empty, points=[[40, 20], [5, 5]], labels=[1, -1], boxes=[[30, 10, 60, 40]])
+    ).astype(int)
+    original = np.asarray(image).astype(int)
+    assert tuple(picture[20, 40]) == (0, 200, 0)  # the foreground point's centre
+    assert np.array_equal(picture[5, 5], original[5, 5])  # padding points are not drawn
+    assert not np.array_equal(picture[10, 45], original[10, 45])  # the box outline
+
+
+def test_jet_colormap_matches_matplotlib():
+    matplotlib = pytest.importorskip("matplotlib")
+    values = np.linspace(0, 1, 1001)
+    expected = matplotlib.colormaps["jet"](values)[:, :3]
+    # matplotlib looks the colour up in a 256-entry table; the breakpoints are the same.
+    assert np.abs(jet_colormap(values) - expected).max() < 0.02
+    assert jet_colormap(np.zeros((2, 3))).shape == (2, 3, 3)
+    np.testing.assert_allclose(jet_colormap([-1.0, 2.0]), jet_colormap([0.0, 1.0]))
+
+
+def test_heatmap_blur_matches_scipy_gaussian_filter():
+    """LAVIS `getAttMap` order: resize, blur with sigma 0.02 * max(H, W) (scipy defaults), normalise."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    heatmap = torch.rand(7, 7)
+    upsampled = torch.nn.functional.interpolate(heatmap[None, None], size=(HEIGHT, WIDTH), mode="bicubic")[0, 0]
+    upsampled = (upsampled - upsampled.min()) / (upsampled.max() - upsampled.min())
+    expected = ndimage.gaussian_filter(upsampled.numpy(), 0.02 * WIDTH)
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    result = heatmap_to_image_size(heatmap, (HEIGHT, WIDTH))
+    assert result.shape == (HEIGHT, WIDTH) and result.dtype == np.float32
+    np.testing.assert_allclose(result, expected, atol=1e-5)
+    assert result.min() == 0 and result.max() == pytest.approx(1.0)
+
+
+def test_heatmap_peak_lands_where_the_hot_cell_is():
+    heatmap = np.zeros((4, 4), dtype=np.float32)
+    heatmap[1, 3] = 1.0  # row 1, column 3: top right
+    for blur in (True, False):
+        result = heatmap_to_image_size(heatmap, (HEIGHT, WIDTH), blur=blur)
+        row, col = np.unravel_index(result.argmax(), result.shape)
+        assert HEIGHT / 4 <= row < HEIGHT / 2 and col >= WIDTH * 3 / 4 - 1
+
+
+def test_large_images_blur_at_a_reduced_size():
+    result = heatmap_to_image_size(torch.rand(5, 5), (1500, 2000))
+    assert result.shape == (1500, 2000)
+    assert 0.0 <= result.min() and result.max() <= 1.0 + 1e-6
+
+
+def test_constant_heatmap_gives_the_lowest_colour(image):
+    assert not heatmap_to_image_size(np.full((3, 3), 0.25), (HEIGHT, WIDTH)).any()
+    picture = np.asarray(draw_heatmap(image, np.ones((3, 3)), alpha=1.0))
+    assert (picture == np.round(jet_colormap(0.0) * 255).astype(np.uint8)).all()
+
+
+def test_draw_heatmap_blends_over_the_image(image):
+    heatmap = torch.rand(7, 7)
+    assert np.array_equal(np.asarray(draw_heatmap(image, heatmap, alpha=0.0)), np.asarray(image))
+    half = np.asarray(draw_heatmap(image, heatmap, alpha=0.5)).astype(float)
+    full = np.asarray(draw_heatmap(image, heatmap, alpha=1.0)).astype(float)
+    assert np.abs(half - (np.asarray(image) + full) / 2).max() <= 1.0
+    assert draw_heatmap(np.asarray(image), heatmap.numpy()).size == (WIDTH, HEIGHT)
+
+
+def test_draw_text_result_layout(image, mask):
+    heatmap = torch.rand(7, 7)
+    points, labels = [[15.0, 20.0], [50.0, 40.0]], [1, 0]
+    plain = draw_text_result(image, mask, heatmap, points, labels)
+    assert plain.size == (2 * WIDTH, HEIGHT)
+    assert np.array_equal(
+        np.asarray(plain.crop((0, 0, WIDTH, HEIGHT))), np.asarray(draw_masks(image, mask, points, labels))
+    )
+    right = np.asarray(plain.crop((WIDTH, 0, 2 * WIDTH, HEIGHT)))
+    heat = np.asarray(draw_heatmap(image, heatmap))
+    assert tuple(right[40, 50]) == (220, 0, 0)  # the background point, drawn on the heatmap too
+    assert np.array_equal(right[:5, :5], heat[:5, :5])
+
+    titled = draw_text_result(image, torch.from_numpy(mask), heatmap, points, labels, title="a dog: match 0.93")
+    band = titled.height - HEIGHT
+    assert titled.width == 2 * WIDTH and band > 0
+    assert np.array_equal(np.asarray(titled)[band:], np.asarray(plain))
+    assert (np.asarray(titled)[:band] < 128).any()  # the title text
+
+
+@pytest.mark.parametrize(
+    ("call", "argument"),
+    [
+        (lambda image, mask: draw_heatmap(image, torch.rand(7)), "heatmap"),
+        (lambda image, mask: draw_heatmap(image, np.array([[0.0, np.nan]])), "heatmap"),
+        (lambda image, mask: draw_heatmap(image, np.zeros((0, 3))), "heatmap"),
+        (lambda image, mask: draw_heatmap(image, torch.rand(7, 7), alpha=1.5), "alpha"),
+        (lambda image, mask: draw_heatmap(np.zeros((4, 4, 5)), torch.rand(7, 7)), "image"),
+        (lambda image, mask: draw_text_result(image, mask[:-1], torch.rand(7, 7)), "mask"),
+        (lambda image, mask: draw_text_result(image, mask, torch.rand(2, 7, 7)), "heatmap"),
+        (lambda image, mask: draw_text_result(image, mask, torch.rand(7, 7), points=[1, 2, 3]), "points"),
+        (lambda image, mask: draw_text_result(image, mask, torch.rand(7, 7), [[1, 2]], labels=[1, 0]), "labels"),
+        (lambda image, mask: draw_text_result(image, mask, torch.rand(7, 7), title=3), "title"),
+        (lambda image, mask: draw_masks(image, mask, boxes=[[1, 2, 3]]), "boxes"),
+        (lambda image, mask: draw_masks(image, mask[None, :, :-1]), "masks"),
+    ],
+)
+def test_bad_input_names_the_argument(image, mask, call, argument):
+    with pytest.raises(ValueError, match=f"`{argument}`"):
+        call(image, mask)
+
+
+def test_save_pngs(tmp_path, image, mask):
+    heatmap = torch.rand(7, 7)
+    for path, save, args in (
+        (tmp_path / "a" / "masks.png", save_masks_png, (image, mask)),
+        (tmp_path / "heat.png", save_heatmap_png, (image, heatmap)),
+        (tmp_path / "text.png", save_text_result_png, (image, mask, heatmap)),
+    ):
+        assert save(path, *args) == path
+        with Image.open(path) as written:
+            assert written.format == "PNG" and written.height == HEIGHT
+
+
+def test_plots(image, mask):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, axes = plt.subplots(1, 3)
+    assert plot_masks(image, mask, ax=axes[0], title="masks") is axes[0]
+    assert plot_heatmap(image, torch.rand(7, 7), ax=axes[1]) is axes[1]
+    assert plot_text_result(image, mask, torch.rand(7, 7), ax=axes[2], title="a dog") is axes[2]
+    assert axes[2].get_title() == "a dog"
+    plt.close("all")
