@@ -12,6 +12,7 @@ from transformers import (
     AutoProcessor,
 )
 
+from . import pipelines  # noqa: F401  registers pipeline("text-prompted-segmentation")
 from .configuration_esam_blip import (
     EfficientSamMaskDecoderConfig,
     EfficientSamPromptEncoderConfig,

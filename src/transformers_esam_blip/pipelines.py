@@ -1,0 +1,194 @@
+"""`pipeline("text-prompted-segmentation")`: masks, heatmaps and match scores for texts describing what to segment."""
+
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from transformers.image_utils import load_image
+from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
+
+from .modeling_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipSegmentationOutput
+
+TASK = "text-prompted-segmentation"
+_PADDING_LABEL = -1
+
+
+def _text_list(text: Any, name: str) -> list[str]:
+    """One string or a non-empty list of non-empty strings, as a list."""
+    texts = [text] if isinstance(text, str) else text
+    if not isinstance(texts, (list, tuple)) or not texts:
+        raise ValueError(f"`{name}` must be a string or a non-empty list of strings, got {texts!r}.")
+    for index, item in enumerate(texts):
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"`{name}[{index}]` must be a non-empty string, got {item!r}.")
+    return list(texts)
+
+
+def _points_to_image(points: torch.Tensor, original_size: tuple[int, int], frame_size: int) -> torch.Tensor:
+    """`[K, 2]` (x, y) from the square SAM frame back to original-image pixels, per axis (`x * W / S`, `y * H / S`)."""
+    height, width = original_size
+    return torch.stack([points[:, 0] * width / frame_size, points[:, 1] * height / frame_size], dim=-1)
+
+
+class TextPromptedSegmentationPipeline(Pipeline):
+    """
+    Zero-shot text-prompted segmentation with an EsamBlip checkpoint that has both halves: each text's BLIP Grad-CAM
+    heatmap gives salient points, EfficientSAM turns them into a mask, BLIP ITM says whether the text matches at all.
+
+    ```python
+    >>> import transformers_esam_blip  # registers the task
+    >>> from transformers import pipeline
+    >>> segmenter = pipeline("text-prompted-segmentation", model="esam-blip-base")
+    >>> results = segmenter("photo.jpg", ["a dog", "a red ball"])   # one model call for both texts
+    >>> results[0]["mask"].shape, results[0]["score"], results[0]["match_probability"]
+    ```
+
+    Calls:
+    - `segmenter(image, text)` or `segmenter(image, [text, ...])`: a list with one dict per text;
+    - `segmenter([image, ...], [text, ...])`: every image with the same texts; `segmenter([image, ...], [[texts of
+      image 0], [texts of image 1], ...])`: texts per image. Either way a list (per image) of lists (per text);
+    - `segmenter({"image": image, "text": text_or_texts})`, or a list/dataset/generator of such dicts.
+
+    Images are paths, URLs, `PIL.Image`s, or arrays/tensors the processor accepts. All texts of an image go through
+    the model in one call, so the image is encoded once.
+
+    Each result dict holds:
+    - `"text"` (`str`): the text as given;
+    - `"mask"` (`torch.BoolTensor` `[H, W]`): the candidate with the highest predicted IoU, at the original size;
+    - `"score"` (`float`): its predicted IoU;
+    - `"points"` (`list[list[float]]`): the prompt points `[x, y]` in original-image pixels (padding dropped);
+    - `"point_labels"` (`list[int]`): 1 salient point, 0 background point;
+    - `"heatmap"` (`torch.FloatTensor` `[g, g]`): the text's Grad-CAM (caption-mean row);
+    - `"enhanced_heatmap"` (`torch.FloatTensor` `[g, g]`): the mask-enhanced heatmap, in [0, 1];
+    - `"match_probability"` (`float`): BLIP ITM probability that the text matches the image;
+    - `"is_match"` (`bool`): False means the object is probably absent and the mask should not be trusted.
+
+    Call parameters: `mask_threshold` (`float`, defaults to 0.0, the logit above which a pixel is in the mask) and
+    `timeout` (`float`, seconds to fetch an image URL).
+    """
+
+    _load_processor = True
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        config = self.model.config
+        if not isinstance(self.model, EsamBlipForPromptableSegmentation) or not config.has_segmentation:
+            raise ValueError(
+                f"{TASK} needs an EsamBlipForPromptableSegmentation with an EfficientSAM half, got "
+                f"{type(self.model).__name__}."
+            )
+        if not config.has_blip:
+            raise ValueError(
+                f"{TASK} needs a checkpoint with the BLIP half (texts are matched and located by BLIP); this one is "
+                "segmentation-only. Convert it with `--blip` as well, or prompt it with points and boxes."
+            )
+        if self.processor is None or getattr(self.processor, "tokenizer", None) is None:
+            raise ValueError(
+                f"{TASK} needs an EsamBlipProcessor with a tokenizer: pass `processor=` (e.g. "
+                "`EsamBlipProcessor.from_pretrained(checkpoint)`)."
+            )
+        if self.processor.image_processor.blip_image_size is None:
+            raise ValueError(f"{TASK} needs an image processor with `blip_image_size` set (the BLIP input).")
+
+    def __call__(self, images: Any, texts: str | list[str] | list[list[str]] | None = None, **kwargs: Any) -> list:
+        """
+        Segment what each text describes.
+
+        Args:
+            images: an image, a list of images, or `{"image": ..., "text": ...}` dicts (then no `texts`).
+            texts: a text or a list of texts (for every image), or one list of texts per image.
+            kwargs: `mask_threshold`, `timeout`, and the usual pipeline arguments.
+
+        Returns:
+            For one image, a list with one result dict per text; for a list of images, one such list per image.
+        """
+        if texts is None:
+            return super().__call__(images, **kwargs)
+        if isinstance(images, dict):
+            raise TypeError("Give the texts either in the input dict (`text`) or as `texts`, not both.")
+        if not isinstance(images, (list, tuple)):
+            return super().__call__({"image": images, "text": _text_list(texts, "texts")}, **kwargs)
+        if not images:
+            raise ValueError("`images` is an empty list.")
+        if isinstance(texts, (list, tuple)) and texts and all(isinstance(item, (list, tuple)) for item in texts):
+            if len(texts) != len(images):
+                raise ValueError(
+                    f"Got {len(texts)} lists of texts for {len(images)} images; give one list of texts per image, or "
+                    "a single list for every image."
+                )
+            per_image = [_text_list(item, f"texts[{index}]") for index, item in enumerate(texts)]
+        else:
+            per_image = [_text_list(texts, "texts")] * len(images)
+        return super().__call__([{"image": image, "text": text} for image, text in zip(images, per_image)], **kwargs)
+
+    def _sanitize_parameters(
+        self, mask_threshold: float | None = None, timeout: float | None = None
+    ) -> tuple[dict, dict, dict]:
+        preprocess_params = {} if timeout is None else {"timeout": timeout}
+        postprocess_params = {} if mask_threshold is None else {"mask_threshold": mask_threshold}
+        return preprocess_params, {}, postprocess_params
+
+    def preprocess(self, inputs: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        if not isinstance(inputs, dict) or "image" not in inputs or "text" not in inputs:
+            raise ValueError(
+                f'Each input must be a dict {{"image": ..., "text": ...}}, got {type(inputs).__name__}'
+                f"{' with keys ' + str(sorted(inputs)) if isinstance(inputs, dict) else ''}."
+            )
+        texts = _text_list(inputs["text"], "text")
+        image = inputs["image"]
+        if isinstance(image, (str, PIL.Image.Image)):
+            image = load_image(image, timeout=timeout)
+        elif not isinstance(image, (np.ndarray, torch.Tensor)):
+            raise TypeError(
+                f"`image` must be a path, a URL, a PIL.Image, a numpy array or a torch tensor, got {type(image).__name__}."
+            )
+        model_inputs = self.processor(images=image, text=texts, return_tensors="pt").to(self.dtype)
+        return {"texts": texts, **model_inputs}
+
+    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        texts, original_sizes = model_inputs.pop("texts"), model_inputs.pop("original_sizes")
+        model_inputs.pop("reshaped_input_sizes", None)
+        outputs = self.model(**model_inputs, text_prompt_mode="gradcam")
+        return {"texts": texts, "original_sizes": original_sizes, "outputs": outputs}
+
+    def postprocess(self, model_outputs: dict[str, Any], mask_threshold: float = 0.0) -> list[dict[str, Any]]:
+        outputs: EsamBlipSegmentationOutput = model_outputs["outputs"]
+        original_size = tuple(int(side) for side in model_outputs["original_sizes"][0])
+        num_texts = len(model_outputs["texts"])
+        # Text prompts make one query per text; only its best candidate is upsampled to the image size.
+        best = outputs["iou_scores"][:, 0].argmax(dim=-1)
+        best_logits = outputs["pred_masks"][torch.arange(num_texts), 0, best]
+        masks = self.processor.post_process_masks([best_logits], [original_size], mask_threshold=mask_threshold)[0]
+        frame_size = self.processor.image_processor.sam_image_size
+        results = []
+        for t, text in enumerate(model_outputs["texts"]):
+            real = outputs["prompt_labels"][t] != _PADDING_LABEL
+            points = _points_to_image(outputs["prompt_points"][t][real].float(), original_size, frame_size)
+            results.append(
+                {
+                    "text": text,
+                    "mask": masks[t],
+                    "score": outputs["iou_scores"][t, 0, best[t]].item(),
+                    "points": points.tolist(),
+                    "point_labels": outputs["prompt_labels"][t][real].tolist(),
+                    "heatmap": outputs["heatmap"][t].float(),
+                    "enhanced_heatmap": outputs["enhanced_heatmap"][t].float(),
+                    "match_probability": outputs["itm_probability"][t].item(),
+                    "is_match": bool(outputs["is_match"][t]),
+                }
+            )
+        return results
+
+
+PIPELINE_REGISTRY.register_pipeline(
+    TASK,
+    pipeline_class=TextPromptedSegmentationPipeline,
+    pt_model=EsamBlipForPromptableSegmentation,
+    type="multimodal",
+)
+
+__all__ = ["TASK", "TextPromptedSegmentationPipeline"]
