@@ -25,13 +25,21 @@ REFERRING_FEATURES = datasets.Features(
 )
 
 
-def _open_image(value: Any, name: str) -> PIL.Image.Image:
-    """A lazily opened (header only) PIL image from a `datasets.Image(decode=False)` value."""
-    if isinstance(value, dict) and value.get("bytes") is not None:
-        return PIL.Image.open(io.BytesIO(value["bytes"]))
-    if isinstance(value, dict) and value.get("path"):
-        return PIL.Image.open(value["path"])
-    raise ValueError(f"The {name} is missing (got {value!r}).")
+def _file_value(value: Any, root: Path | None, name: str) -> dict[str, Any]:
+    """An image reference as a `datasets.Image(decode=False)` value; a file name is relative to the folder."""
+    if isinstance(value, str):
+        path = Path(value) if root is None else root / value
+        if not path.is_file():
+            raise ValueError(f"The {name} names the file {value!r}, which does not exist (looked at {path}).")
+        return {"path": str(path), "bytes": None}
+    if isinstance(value, dict) and (value.get("bytes") is not None or value.get("path")):
+        return value
+    raise ValueError(f"The {name} is missing or not an image (got {value!r:.80}).")
+
+
+def _open_image(value: dict[str, Any]) -> PIL.Image.Image:
+    """A lazily opened (header only) PIL image from a [`_file_value`]."""
+    return PIL.Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"])
 
 
 def _mask_kind(value: Any) -> str:
@@ -60,12 +68,8 @@ def _decode_mask(value: Any, mask_format: str, size: tuple[int, int], root: Path
     if mask_format != "auto" and kind != mask_format:
         raise ValueError(f"`mask_format` is {mask_format!r} but the {name} is a {kind} value ({type(value).__name__}).")
     if kind == "png":
-        if isinstance(value, str):
-            path = Path(value) if root is None else root / value
-            if not path.is_file():
-                raise ValueError(f"The {name} names the file {value!r}, which does not exist (looked at {path}).")
-            value = {"path": str(path), "bytes": None}
-        mask = mask_to_bool(value if isinstance(value, PIL.Image.Image) else _open_image(value, name), name)
+        image = value if isinstance(value, PIL.Image.Image) else _open_image(_file_value(value, root, name))
+        mask = mask_to_bool(image, name)
     elif kind == "rle":
         mask = decode_rle(value, name)
     elif kind == "polygon":
@@ -90,8 +94,8 @@ def _to_canonical(
     match_label_column: str | None,
     root: Path | None,
 ) -> dict[str, Any]:
-    image = example[columns["image"]]
-    width, height = _open_image(image, f"image of row {row}").size
+    image = _file_value(example[columns["image"]], root, f"image of row {row}")
+    width, height = _open_image(image).size
     text = example[columns["text"]]
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"The text of row {row} must be a non-empty string, got {text!r}.")
@@ -105,6 +109,36 @@ def _to_canonical(
     return {"image": image, "text": text, "mask": bool_to_mask_image(mask), "match_label": int(match_label)}
 
 
+def _load_metadata(folder: Path, **load_kwargs: Any) -> datasets.Dataset:
+    """
+    The folder's metadata file as a dataset, `file_name` renamed `image` and `<name>_file_name` renamed `<name>` (file
+    names stay strings, resolved against the folder later). Read directly rather than with `imagefolder`, which
+    scans every file of the folder and, in `datasets` 5.2, gives a `mask_file_name` listed before `file_name` the
+    image's file.
+    """
+    metadata = next((folder / name for name in METADATA_FILES if (folder / name).is_file()), None)
+    if metadata is None:
+        raise ValueError(
+            f"The folder {folder} has no {' / '.join(METADATA_FILES)}. Expected layout: images anywhere under "
+            'the folder and a metadata.jsonl with one line per example, e.g. {"file_name": "images/1.png", '
+            '"text": "the red circle", "mask_file_name": "masks/1.png"} (or a "mask" field holding a COCO RLE or '
+            "polygons); see `load_referring_dataset`."
+        )
+    builder = {".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}[metadata.suffix]
+    dataset = datasets.load_dataset(builder, data_files=str(metadata), split="train", **load_kwargs)
+    renames = {
+        column: "image" if column == "file_name" else column.removesuffix("_file_name")
+        for column in dataset.column_names
+        if column == "file_name" or column.endswith("_file_name")
+    }
+    clashes = sorted(set(renames.values()) & (set(dataset.column_names) - set(renames)))
+    if clashes:
+        raise ValueError(
+            f"{metadata} has both file-name columns and the columns {clashes} they would be renamed to; rename one."
+        )
+    return dataset.rename_columns(renames)
+
+
 def _load_raw(path_or_repo: str | os.PathLike, split: str | None, **load_kwargs: Any) -> datasets.Dataset:
     path = Path(path_or_repo)
     if path.is_file():
@@ -114,14 +148,12 @@ def _load_raw(path_or_repo: str | os.PathLike, split: str | None, **load_kwargs:
     if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
         loaded = datasets.load_from_disk(str(path))
     elif path.is_dir():
-        if not any((path / name).is_file() for name in METADATA_FILES):
+        if split not in (None, "train"):
             raise ValueError(
-                f"The folder {path} has no {' / '.join(METADATA_FILES)}. Expected layout: images anywhere under "
-                'the folder and a metadata.jsonl with one line per example, e.g. {"file_name": "images/1.png", '
-                '"text": "the red circle", "mask_file_name": "masks/1.png"} (or a "mask" field holding a '
-                "COCO RLE or polygons); see `load_referring_dataset`."
+                f"`split`={split!r} does not apply to a folder with a metadata file: one folder is one split "
+                "('train'); load each split's folder on its own."
             )
-        loaded = datasets.load_dataset("imagefolder", data_dir=str(path), split=split, **load_kwargs)
+        return _load_metadata(path, **load_kwargs)
     else:
         loaded = datasets.load_dataset(str(path_or_repo), split=split, **load_kwargs)
     if isinstance(loaded, datasets.Dataset):
@@ -150,10 +182,10 @@ def load_referring_dataset(
     Load referring-segmentation data (one image, one text, one mask per row) with the canonical columns.
 
     Sources:
-    - **a local folder** in the `imagefolder` layout: images anywhere below it, and a `metadata.jsonl` (or
-      `metadata.csv` / `metadata.parquet`) with one row per example. `file_name` (the image's path relative to the
-      folder) gives the `image` column, every `<name>_file_name` gives a `<name>` image column, other fields keep
-      their names::
+    - **a local folder** in the metadata layout of `imagefolder`: images anywhere below it, and a `metadata.jsonl`
+      (or `metadata.csv` / `metadata.parquet`) with one row per example. `file_name` (the image's path relative to
+      the folder) gives the `image` column, every `<name>_file_name` gives a `<name>` column of file names, other
+      fields keep their names; the folder is one split::
 
           my_data/images/0001.jpg
           my_data/masks/0001.png
@@ -197,20 +229,17 @@ def load_referring_dataset(
     if match_label_column is not None:
         columns["match_label"] = match_label_column
         arguments["match_label"] = "match_label_column"
+    root = Path(path_or_repo).resolve() if Path(path_or_repo).is_dir() else None
     for role, column in columns.items():
         if column not in dataset.column_names:
-            hint = (
-                " (in a folder's metadata, `file_name` becomes `image` and `<name>_file_name` becomes `<name>`)"
-                if Path(path_or_repo).is_dir()
-                else ""
-            )
+            hint = "" if root is None else " (in a folder, `file_name` becomes `image`, `<name>_file_name` `<name>`)"
             raise ValueError(
                 f"`{arguments[role]}`={column!r} is not a column of the dataset; available columns: "
                 f"{dataset.column_names}{hint}."
             )
-    # Undecoded images keep their original bytes or file (no lossy JPEG re-encoding) and only their header is read.
-    dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-    is_folder = Path(path_or_repo).is_dir()
+    if isinstance(dataset.features[image_column], datasets.Image):
+        # Undecoded images keep their original bytes or file (no lossy JPEG re-encoding); only headers are read.
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     return dataset.map(
         _to_canonical,
         with_indices=True,
@@ -218,7 +247,7 @@ def load_referring_dataset(
             "columns": columns,
             "mask_format": mask_format,
             "match_label_column": match_label_column,
-            "root": Path(path_or_repo).resolve() if is_folder else None,
+            "root": root,
         },
         remove_columns=dataset.column_names,
         features=REFERRING_FEATURES,
