@@ -46,8 +46,9 @@ class EsamBlipDataCollator:
       `input_labels` (*optional*): their labels (1 foreground, 0 background; all 1 if omitted);
     - `input_boxes` (*optional*): `[x1, y1, x2, y2]` in image pixels.
 
-    `image` is required; `text`, `mask`, `match_label` and `input_boxes` must be in every example of a batch or in
-    none; `input_points` may be missing in some examples (they get a padding-only query, which a text prompt fills).
+    `image` is required; `text`, `mask` and `input_boxes` must be in every example of a batch or in none, and so must
+    `match_label` when there are no masks; `input_points` may be missing in some examples (they get a padding-only
+    query, which a text prompt fills).
 
     With `transformers.Trainer`, pass `remove_unused_columns=False` (the collator needs the raw columns) and
     `label_names=["labels", "match_labels"]` (otherwise Trainer also takes `input_labels` for a label).
@@ -99,13 +100,16 @@ class EsamBlipDataCollator:
             **self._prompts(features),
         )
         batch = {key: value for key, value in inputs.items() if key not in ("original_sizes", "reshaped_input_sizes")}
-        match_labels = _gather(features, "match_label")
-        if masks is not None:
+        if masks is None:
+            match_labels = _gather(features, "match_label")
+        else:
             sizes = inputs["original_sizes"].tolist()
             targets = [self._mask_tensor(mask, i, tuple(size)) for i, (mask, size) in enumerate(zip(masks, sizes))]
             batch["labels"] = self._stack_labels(targets)
-            if match_labels is None:
-                match_labels = [int(target.any()) for target in targets]
+            match_labels = [
+                int(target.any()) if feature.get("match_label") is None else feature["match_label"]
+                for feature, target in zip(features, targets)
+            ]
         if match_labels is not None:
             bad = [(i, label) for i, label in enumerate(match_labels) if label not in (0, 1)]
             if bad:
