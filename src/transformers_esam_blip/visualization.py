@@ -212,10 +212,21 @@ def draw_heatmap(
 
 
 def _title_band(title: str, width: int, height: int) -> Image.Image:
+    """A white band holding `title` in black, wrapped at word boundaries to `width`; the font scales with `height`."""
     font_size = max(10, round(height / 24))
-    band = Image.new("RGB", (width, font_size + font_size // 2 * 2), (255, 255, 255))
-    ImageDraw.Draw(band).text(
-        (font_size // 2, font_size // 2), title, fill=(0, 0, 0), font=ImageFont.load_default(font_size)
+    font = ImageFont.load_default(font_size)
+    margin = font_size // 2
+    lines: list[str] = []
+    for word in title.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(candidate) <= width - 2 * margin:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    line_height = round(font_size * 1.25)
+    band = Image.new("RGB", (width, len(lines) * line_height + 2 * margin), (255, 255, 255))
+    ImageDraw.Draw(band).multiline_text(
+        (margin, margin), "\n".join(lines), fill=(0, 0, 0), font=font, spacing=line_height - font_size
     )
     return band
 
@@ -266,7 +277,8 @@ def draw_text_result(
     return picture
 
 
-def _save_png(path: str | Path, picture: Image.Image) -> Path:
+def save_png(path: str | Path, picture: Image.Image) -> Path:
+    """Write `picture` to `path` as PNG, creating the parent folders; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path, format="PNG")
@@ -275,17 +287,17 @@ def _save_png(path: str | Path, picture: Image.Image) -> Path:
 
 def save_masks_png(path: str | Path, image, masks, **kwargs) -> Path:
     """`draw_masks(image, masks, **kwargs)` saved to `path` as PNG; returns the path."""
-    return _save_png(path, draw_masks(image, masks, **kwargs))
+    return save_png(path, draw_masks(image, masks, **kwargs))
 
 
 def save_heatmap_png(path: str | Path, image, heatmap, **kwargs) -> Path:
     """`draw_heatmap(image, heatmap, **kwargs)` saved to `path` as PNG; returns the path."""
-    return _save_png(path, draw_heatmap(image, heatmap, **kwargs))
+    return save_png(path, draw_heatmap(image, heatmap, **kwargs))
 
 
 def save_text_result_png(path: str | Path, image, mask, heatmap, **kwargs) -> Path:
     """`draw_text_result(image, mask, heatmap, **kwargs)` saved to `path` as PNG; returns the path."""
-    return _save_png(path, draw_text_result(image, mask, heatmap, **kwargs))
+    return save_png(path, draw_text_result(image, mask, heatmap, **kwargs))
 
 
 def _show(picture: Image.Image, ax, title: str | None, caller: str):
@@ -331,5 +343,6 @@ __all__ = [
     "plot_text_result",
     "save_heatmap_png",
     "save_masks_png",
+    "save_png",
     "save_text_result_png",
 ]

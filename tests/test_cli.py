@@ -1,0 +1,266 @@
+"""The `esam-blip` command: text, point/box, everything and ITM modes in-process, one real process, one-line errors."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_sam_config
+from PIL import Image
+from test_pipelines_text import save_tiny_joint_checkpoint
+from transformers import pipeline
+
+from transformers_esam_blip import (
+    EsamBlipConfig,
+    EsamBlipForImageTextMatching,
+    EsamBlipForPromptableSegmentation,
+    EsamBlipImageProcessor,
+    EsamBlipProcessor,
+)
+from transformers_esam_blip.cli import main, parse_box, parse_point
+from transformers_esam_blip.pipelines import TASK
+from transformers_esam_blip.visualization import draw_masks
+
+HEIGHT, WIDTH = 48, 64
+
+
+@pytest.fixture(scope="module")
+def checkpoints(joint_checkpoint, tmp_path_factory) -> dict[str, Path]:
+    """Tiny checkpoints: joint (random 64 px EfficientSAM + the BLIP fixture), segmentation-only, matching-only."""
+    root = tmp_path_factory.mktemp("cli")
+    joint = save_tiny_joint_checkpoint(joint_checkpoint, root / "joint")
+    segmentation = root / "segmentation-only"
+    EsamBlipForPromptableSegmentation(tiny_sam_config()).save_pretrained(segmentation)
+    EsamBlipProcessor(EsamBlipImageProcessor(sam_image_size=64)).save_pretrained(segmentation)
+    config_dict, _ = EsamBlipConfig.get_config_dict(joint_checkpoint)
+    for name in ("sam_vision_config", "prompt_encoder_config", "mask_decoder_config"):
+        config_dict[name] = None
+    matching = root / "matching-only"
+    EsamBlipForImageTextMatching(EsamBlipConfig.from_dict({**config_dict, "segmentation": False})).save_pretrained(
+        matching
+    )
+    matching_processor = EsamBlipProcessor.from_pretrained(joint_checkpoint)
+    matching_processor.image_processor.sam_image_size = None
+    matching_processor.save_pretrained(matching)
+    no_config = root / "no-config"
+    no_config.mkdir()
+    return {"joint": joint, "segmentation": segmentation, "matching": matching, "no_config": no_config}
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory) -> Path:
+    """A dark left half with a red square and a white right half: the tiny model's masks cover part of it."""
+    pixels = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    pixels[:, WIDTH // 2 :] = 255
+    pixels[10:30, 5:20] = (200, 30, 30)
+    path = tmp_path_factory.mktemp("images") / "scene.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _far_from_points(points: list[list[float]], radius: float) -> np.ndarray:
+    """`[H, W]` True where no point marker (drawn with `radius`) can have changed the pixel."""
+    rows, cols = np.mgrid[:HEIGHT, :WIDTH]
+    far = np.ones((HEIGHT, WIDTH), dtype=bool)
+    for x, y in points:
+        far &= (cols - x) ** 2 + (rows - y) ** 2 > (radius + 2) ** 2
+    return far
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_help(capsys):
+    status, out, _ = _run(capsys, "--help")
+    assert status == 0 and "segment" in out and "everything" in out and "itm" in out
+    status, out, _ = _run(capsys, "segment", "--help")
+    assert status == 0 and "--text" in out and "--points" in out and "--box" in out and "--json" in out
+
+
+def test_point_and_box_syntax():
+    assert parse_point("10,20") == (10.0, 20.0, 1)
+    assert parse_point("10.5,20,0") == (10.5, 20.0, 0)
+    assert parse_box("1,2,30,40") == [1.0, 2.0, 30.0, 40.0]
+
+
+def test_text_mode_writes_the_picture_and_json(checkpoints, image_path, tmp_path, capsys):
+    output, report = tmp_path / "out" / "text.png", tmp_path / "text.json"
+    texts = ["a red square", "the sky"]
+    status, out, _ = _run(
+        capsys, "segment", image_path, "--text", texts[0], "--text", texts[1], "--model", checkpoints["joint"],
+        "--output", output, "--json", report,
+    )  # fmt: skip
+    assert status == 0
+    assert all(repr(text) in out for text in texts)
+    image = Image.open(image_path).convert("RGB")
+    expected = pipeline(TASK, model=str(checkpoints["joint"]), device="cpu")(image, texts)
+    data = json.loads(report.read_text())
+    assert data["mode"] == "text" and data["image_size"] == {"width": WIDTH, "height": HEIGHT}
+    picture = Image.open(output).convert("RGB")
+    row_height = picture.height // len(texts)
+    assert picture.width == 2 * WIDTH and picture.height == len(texts) * row_height and row_height > HEIGHT
+    band = row_height - HEIGHT
+    original = np.asarray(image).astype(int)
+    for t, (result, summary) in enumerate(zip(expected, data["results"])):
+        mask = result["mask"].numpy()
+        assert summary["text"] == texts[t] and summary["mask_area"] == int(mask.sum())
+        assert summary["score"] == pytest.approx(result["score"])
+        assert summary["match_probability"] == pytest.approx(result["match_probability"])
+        assert summary["is_match"] == result["is_match"]
+        assert np.allclose(summary["points"], result["points"]) and summary["point_labels"] == result["point_labels"]
+        top = t * row_height + band
+        left = np.asarray(picture.crop((0, top, WIDTH, top + HEIGHT))).astype(int)
+        drawn = np.asarray(draw_masks(image, mask, result["points"], result["point_labels"])).astype(int)
+        assert np.array_equal(left, drawn)
+        far = _far_from_points(result["points"], radius=3)
+        assert 0 < mask.sum() < mask.size, "the check needs a partial mask"
+        assert (np.abs(left - original).sum(-1) > 0)[mask & far].all()
+        assert np.array_equal(left[~mask & far], original[~mask & far])
+
+
+def test_point_and_box_mode(checkpoints, image_path, tmp_path, capsys):
+    output, report = tmp_path / "points.png", tmp_path / "points.json"
+    status, out, _ = _run(
+        capsys, "segment", image_path, "--points", "12,20", "50,40,0", "--box", "2,5,30,35",
+        "--model", checkpoints["joint"], "--output", output, "--json", report,
+    )  # fmt: skip
+    assert status == 0 and "predicted IoU" in out
+    image = Image.open(image_path).convert("RGB")
+    processor = EsamBlipProcessor.from_pretrained(checkpoints["joint"])
+    model = EsamBlipForPromptableSegmentation.from_pretrained(checkpoints["joint"]).eval()
+    inputs = processor(
+        images=image, input_points=[[[[12, 20], [50, 40]]]], input_labels=[[[1, 0]]], input_boxes=[[[2, 5, 30, 35]]]
+    )
+    with torch.no_grad():
+        out = model(**inputs)
+    best = int(out.iou_scores[0, 0].argmax())
+    mask = processor.post_process_masks(out.pred_masks, inputs["original_sizes"])[0][0, best]
+    data = json.loads(report.read_text())
+    assert data["mode"] == "prompts" and data["best_candidate"] == best
+    assert data["points"] == [[12.0, 20.0], [50.0, 40.0]] and data["point_labels"] == [1, 0]
+    assert data["box"] == [2.0, 5.0, 30.0, 35.0] and data["mask_area"] == int(mask.sum())
+    assert data["scores"] == pytest.approx(out.iou_scores[0, 0].tolist())
+    picture = Image.open(output)
+    assert picture.size == (WIDTH, HEIGHT)
+    expected = draw_masks(image, mask, [[12, 20], [50, 40]], [1, 0], boxes=[[2, 5, 30, 35]])
+    assert np.array_equal(np.asarray(picture.convert("RGB")), np.asarray(expected))
+
+
+def test_everything_mode(checkpoints, image_path, tmp_path, capsys):
+    output, report = tmp_path / "all.png", tmp_path / "all.json"
+    status, out, _ = _run(
+        capsys, "everything", image_path, "--model", checkpoints["joint"], "--output", output, "--json", report,
+        "--points-per-side", 4, "--points-per-batch", 5, "--pred-iou-thresh", -100, "--stability-score-thresh", 0,
+    )  # fmt: skip
+    assert status == 0
+    data = json.loads(report.read_text())
+    assert data["mode"] == "everything" and len(data["masks"]) >= 1 and f"{len(data['masks'])} masks" in out
+    areas = [entry["area"] for entry in data["masks"]]
+    assert areas == sorted(areas, reverse=True)
+    assert all(len(entry["box"]) == 4 for entry in data["masks"])
+    assert Image.open(output).size == (WIDTH, HEIGHT)
+
+
+def test_itm_mode(checkpoints, image_path, tmp_path, capsys):
+    report = tmp_path / "itm.json"
+    texts = ["a red square", "a dog"]
+    status, out, _ = _run(
+        capsys, "itm", image_path, "--text", texts[0], "--text", texts[1], "--model", checkpoints["matching"],
+        "--json", report,
+    )  # fmt: skip
+    assert status == 0
+    model = EsamBlipForImageTextMatching.from_pretrained(checkpoints["matching"]).eval()
+    processor = EsamBlipProcessor.from_pretrained(checkpoints["matching"])
+    inputs = processor(images=Image.open(image_path).convert("RGB"), text=texts)
+    inputs = {key: inputs[key] for key in ("input_ids", "attention_mask", "blip_pixel_values")}
+    with torch.no_grad():
+        match = model(**inputs, use_itm_head=True).itm_score.softmax(-1)[:, 1]
+        similarity = model(**inputs, use_itm_head=False).itm_score[0]
+    results = json.loads(report.read_text())["results"]
+    assert [result["text"] for result in results] == texts
+    for result, probability, cosine in zip(results, match.tolist(), similarity.tolist()):
+        assert result["match_probability"] == pytest.approx(probability, abs=1e-6)
+        assert result["itc_similarity"] == pytest.approx(cosine, abs=1e-6)
+        assert f"{probability:.3f}" in out and result["text"] in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["segment", "{tmp}/missing.png", "--text", "a", "--model", "{joint}", "--output", "{tmp}/o.png"],
+         "does not exist"),
+        (["segment", "{tmp}/notes.png", "--text", "a", "--model", "{joint}", "--output", "{tmp}/o.png"],
+         "is not a readable image"),
+        (["segment", "{image}", "--points", "1,2,3,4", "--model", "{joint}", "--output", "{tmp}/o.png"],
+         "invalid point"),
+        (["segment", "{image}", "--points", "1;2", "--model", "{joint}", "--output", "{tmp}/o.png"], "invalid point"),
+        (["segment", "{image}", "--points", "1,2,2", "--model", "{joint}", "--output", "{tmp}/o.png"],
+         "label must be 1"),
+        (["segment", "{image}", "--box", "1,2,3", "--model", "{joint}", "--output", "{tmp}/o.png"], "invalid box"),
+        (["segment", "{image}", "--points", "500,2", "--model", "{joint}", "--output", "{tmp}/o.png"],
+         "lies outside image"),
+        (["segment", "{image}", "--text", "a", "--model", "{tmp}/no-such-model", "--output", "{tmp}/o.png"],
+         "--model .* does not exist"),
+        (["segment", "{image}", "--text", "a", "--model", "{image}", "--output", "{tmp}/o.png"], "is a file"),
+        (["segment", "{image}", "--text", "a", "--model", "{no_config}", "--output", "{tmp}/o.png"],
+         "not an EsamBlip checkpoint"),
+        (["segment", "{image}", "--text", "a", "--model", "{segmentation}", "--output", "{tmp}/o.png"],
+         "needs the BLIP half"),
+        (["itm", "{image}", "--text", "a", "--model", "{segmentation}"], "needs the BLIP half"),
+        (["segment", "{image}", "--points", "1,2", "--model", "{matching}", "--output", "{tmp}/o.png"],
+         "needs the EfficientSAM half"),
+        (["segment", "{image}", "--text", "a", "--points", "1,2", "--model", "{joint}", "--output", "{tmp}/o.png"],
+         "not both"),
+        (["segment", "{image}", "--model", "{joint}", "--output", "{tmp}/o.png"], "give what to segment"),
+        (["segment", "{image}", "--text", "a", "--model", "{joint}", "--output", "{tmp}/o.jpg"], "must end in .png"),
+        (["segment", "{image}", "--text", "a", "--output", "{tmp}/o.png"], "required: --model"),
+        (["everything", "{image}", "--model", "{joint}", "--output", "{tmp}/o.png", "--points-per-batch", "0"],
+         "--points-per-batch must be >= 1"),
+        (["draw", "{image}"], "invalid choice"),
+    ],
+)  # fmt: skip
+def test_errors_are_one_line(checkpoints, image_path, tmp_path, capsys, argv, message):
+    (tmp_path / "notes.png").write_text("not an image")
+    values = {"tmp": tmp_path, "image": image_path, **checkpoints}
+    status, _, err = _run(capsys, *(arg.format(**values) for arg in argv))
+    assert status == 2
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert re.search(message, errors[0]), errors[0]
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.slow
+def test_real_process_on_the_converted_fixtures(joint_checkpoint, image_path, tmp_path):
+    """The installed `esam-blip` script (or `python -m transformers_esam_blip.cli` from a source tree)."""
+    script = shutil.which("esam-blip")
+    command = [script] if script else [sys.executable, "-m", "transformers_esam_blip.cli"]
+    output, report = tmp_path / "dog.png", tmp_path / "dog.json"
+    argv = ["segment", image_path, "--text", "a red square", "--model", joint_checkpoint, "--output", output]
+    completed = subprocess.run(
+        [*command, *map(str, argv), "--json", str(report), "--device", "cpu"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "'a red square'" in completed.stdout
+    with Image.open(output) as picture:
+        assert picture.format == "PNG" and picture.width == 2 * WIDTH and picture.height > HEIGHT
+    result = json.loads(report.read_text())["results"][0]
+    assert 0.0 <= result["match_probability"] <= 1.0 and result["points"]
+
+    failed = subprocess.run(
+        [*command, "itm", str(image_path)], check=False, capture_output=True, text=True, timeout=600
+    )
+    assert failed.returncode == 2 and failed.stderr.strip().startswith("error: ")
+    assert len(failed.stderr.strip().splitlines()) == 1
