@@ -127,6 +127,13 @@ def test_draw_text_result_layout(image, mask):
     assert (np.asarray(titled)[:band] < 128).any()  # the title text
 
 
+def test_long_titles_wrap_within_the_picture(image, mask):
+    heatmap = torch.rand(7, 7)
+    short = draw_text_result(image, mask, heatmap, title="a dog")
+    long = draw_text_result(image, mask, heatmap, title="a small brown dog running on the beach " * 3)
+    assert long.width == short.width == 2 * WIDTH and long.height > short.height
+
+
 @pytest.mark.parametrize(
     ("call", "argument"),
     [
