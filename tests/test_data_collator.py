@@ -83,8 +83,9 @@ def test_labels_are_area_resized_and_thresholded(sam_processor):
 
 def test_original_mask_size(sam_processor):
     features = [example(20, 24, text=None), example(20, 24, text=None)]
-    labels = EsamBlipDataCollator(sam_processor, mask_size="original")(features)["labels"]
-    assert labels.shape == (2, 1, 20, 24)
+    batch = EsamBlipDataCollator(sam_processor, mask_size="original")(features)
+    labels = batch["labels"]
+    assert labels.shape == (2, 1, 20, 24) and batch["original_sizes"].tolist() == [[20, 24], [20, 24]]
     assert torch.equal(labels[0, 0].bool(), torch.from_numpy(np.asarray(features[0]["mask"]) > 0))
     with pytest.raises(ValueError, match=r"one mask size per batch, got \[\(20, 24\), \(30, 24\)\]"):
         EsamBlipDataCollator(sam_processor, mask_size="original")([example(20, 24, None), example(30, 24, None)])

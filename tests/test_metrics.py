@@ -7,8 +7,11 @@ import evaluate
 import numpy as np
 import pytest
 import torch
-from transformers import EvalPrediction
+from conftest import FIXTURES
+from transformers import EvalPrediction, Trainer, TrainingArguments
 
+from transformers_esam_blip import EsamBlipImageProcessor, EsamBlipProcessor, EsamBlipSegmentationOutput
+from transformers_esam_blip.data import EsamBlipDataCollator, synthetic_referring_dataset
 from transformers_esam_blip.metrics import (
     REFERRING_METRIC_PATH,
     best_masks,
@@ -19,6 +22,7 @@ from transformers_esam_blip.metrics import (
     preprocess_logits_for_metrics,
     roc_auc,
 )
+from transformers_esam_blip.processing_esam_blip import build_blip_tokenizer
 
 
 def masks_from_rows(*rows: str) -> np.ndarray:
@@ -187,3 +191,68 @@ def test_compute_metrics_errors():
     reduced = (np.zeros((2, 4, 4), dtype=np.uint8),)
     with pytest.raises(ValueError, match=r"predicted masks are \(2, 4, 4\) but the labels are \(2, 8, 8\)"):
         compute_metrics(EvalPrediction(predictions=reduced, label_ids=labels.numpy()))
+
+
+class PerfectSegmenter(torch.nn.Module):
+    """
+    Returns the real output class with the target as the best of 3 candidates and a confident match probability, so
+    that what is tested is Trainer's plumbing: the collator's batch in, `eval_pred` as Trainer builds it, the metrics.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, pixel_values, labels, match_labels, **inputs) -> EsamBlipSegmentationOutput:
+        batch = pixel_values.shape[0]
+        target_logits = (labels * 2 - 1) * 10 * self.scale
+        pred_masks = torch.cat([-target_logits, target_logits, -target_logits], dim=1)[:, None]
+        iou_scores = torch.tensor([0.1, 0.9, 0.2]).expand(batch, 1, 3)
+        itm_probability = 0.1 + 0.8 * match_labels.float()
+        return EsamBlipSegmentationOutput(
+            loss=pred_masks.sum() * 0,
+            iou_scores=iou_scores,
+            pred_masks=pred_masks,
+            image_embeddings=torch.zeros(batch, 4, 2, 2),
+            itm_probability=itm_probability,
+            is_match=itm_probability >= 0.5,
+        )
+
+
+@pytest.mark.parametrize("preprocess", [False, True])
+def test_trainer_evaluate_with_the_collator_and_metrics(tmp_path, preprocess):
+    tokenizer = FIXTURES / "lavis_blip_itm" / "fixture_C" / "tokenizer"
+    if not (tokenizer / "vocab.txt").is_file():
+        pytest.skip(f"BLIP tokenizer fixture not found at {tokenizer}")
+    processor = EsamBlipProcessor(EsamBlipImageProcessor(sam_image_size=64), tokenizer=build_blip_tokenizer(tokenizer))
+    dataset = synthetic_referring_dataset(
+        3,
+        seed=0,
+        absent_fraction=0.5,
+        cache_dir=str(tmp_path / "data"),
+        progress=False,
+        image_size=48,
+        min_side=8,
+        max_side=16,
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_eval_batch_size=4,
+        remove_unused_columns=False,
+        label_names=["labels", "match_labels"],
+        report_to="none",
+        use_cpu=True,
+    )
+    trainer = Trainer(
+        model=PerfectSegmenter(),
+        args=args,
+        eval_dataset=dataset,
+        data_collator=EsamBlipDataCollator(processor),
+        compute_metrics=make_compute_metrics(),
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics if preprocess else None,
+    )
+    metrics = trainer.evaluate()
+    assert 0 < sum(dataset["match_label"]) < len(dataset)
+    assert metrics["eval_mean_iou"] == 1.0 and metrics["eval_cumulative_iou"] == 1.0
+    assert metrics["eval_precision@0.9"] == 1.0
+    assert metrics["eval_itm_accuracy"] == 1.0 and metrics["eval_itm_roc_auc"] == 1.0

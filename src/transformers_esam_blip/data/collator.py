@@ -75,8 +75,9 @@ class EsamBlipDataCollator:
             `dict` with `pixel_values [B, 3, S, S]`, `blip_pixel_values [B, 3, s, s]` (when the processor makes
             them), `input_ids` / `attention_mask [B, L]` (with texts), `input_points [B, 1, P, 2]` /
             `input_labels [B, 1, P]` / `input_boxes [B, 1, 4]` (with prompts, in the SAM frame, padded),
-            `labels [B, 1, mask_size, mask_size]` float32 0/1 (with masks) and `match_labels [B]` int64 (with masks
-            or match labels).
+            `labels [B, 1, mask_size, mask_size]` float32 0/1 (with masks), `match_labels [B]` int64 (with masks
+            or match labels) and, for `mask_size="original"`, `original_sizes [B, 2]` (which the model needs to
+            compare full-resolution labels with its logits).
         """
         if not isinstance(features, Sequence) or not features:
             raise ValueError(f"`features` must be a non-empty list of examples, got {features!r:.80}.")
@@ -99,7 +100,11 @@ class EsamBlipDataCollator:
             return_tensors="pt",
             **self._prompts(features),
         )
-        batch = {key: value for key, value in inputs.items() if key not in ("original_sizes", "reshaped_input_sizes")}
+        # The model reads `original_sizes` only to bring full-resolution labels to its 256² logits.
+        dropped = (
+            ("reshaped_input_sizes",) if self.mask_size == "original" else ("original_sizes", "reshaped_input_sizes")
+        )
+        batch = {key: value for key, value in inputs.items() if key not in dropped}
         if masks is None:
             match_labels = _gather(features, "match_label")
         else:

@@ -157,8 +157,26 @@ def generate_scene(
     return image, objects
 
 
-def _expression(rng: np.random.Generator, colour: str, shape: str) -> str:
-    return EXPRESSION_TEMPLATES[rng.integers(len(EXPRESSION_TEMPLATES))].format(colour=colour, shape=shape)
+def _row(
+    rng: np.random.Generator,
+    picture: dict[str, Any],
+    colour: str,
+    shape: str,
+    mask: dict[str, Any],
+    match_label: int,
+    bbox: list[int] | None,
+) -> dict[str, Any]:
+    """One row without `scene_id`, its expression in a random form."""
+    text = EXPRESSION_TEMPLATES[rng.integers(len(EXPRESSION_TEMPLATES))].format(colour=colour, shape=shape)
+    return {
+        "image": picture,
+        "text": text,
+        "mask": mask,
+        "match_label": match_label,
+        "colour": colour,
+        "shape": shape,
+        "bbox": bbox,
+    }
 
 
 def _png(image: PIL.Image.Image) -> dict[str, Any]:
@@ -180,15 +198,7 @@ def _scene_rows(
     """
     picture = _png(PIL.Image.fromarray(image))
     rows = [
-        {
-            "image": picture,
-            "text": _expression(rng, obj["colour"], obj["shape"]),
-            "mask": _png(bool_to_mask_image(obj["mask"])),
-            "match_label": 1,
-            "colour": obj["colour"],
-            "shape": obj["shape"],
-            "bbox": obj["bbox"],
-        }
+        _row(rng, picture, obj["colour"], obj["shape"], _png(bool_to_mask_image(obj["mask"])), 1, obj["bbox"])
         for obj in objects
     ]
     present = {(obj["colour"], obj["shape"]) for obj in objects}
@@ -197,18 +207,7 @@ def _scene_rows(
     num_absent = min(int(expected) + int(rng.random() < expected - int(expected)), len(absent_pairs))
     empty = _png(bool_to_mask_image(np.zeros(image.shape[:2], dtype=bool)))
     for pair_index in rng.choice(len(absent_pairs), size=num_absent, replace=False):
-        colour, shape = absent_pairs[pair_index]
-        rows.append(
-            {
-                "image": picture,
-                "text": _expression(rng, colour, shape),
-                "mask": empty,
-                "match_label": 0,
-                "colour": colour,
-                "shape": shape,
-                "bbox": None,
-            }
-        )
+        rows.append(_row(rng, picture, *absent_pairs[pair_index], empty, 0, None))
     return rows
 
 
@@ -256,8 +255,8 @@ def synthetic_referring_dataset(
 
     Each scene is a `image_size`² image (see [`generate_scene`]); each of its objects gives a row with a random
     expression form ("the {colour} {shape}", "{colour} {shape}", "a {colour} {shape}") and the object's mask, and
-    absent expressions give rows with an empty mask and `match_label` 0: `n * a / (1 - a)` of them for `n`
-    objects and `a = absent_fraction`, rounded up or down at random, so a fraction `a` of the rows is absent on average.
+    absent expressions give rows with an empty mask and `match_label` 0: `n * a / (1 - a)` of them for `n` objects
+    and `a = absent_fraction`, rounded up or down at random, so a fraction `a` of the rows is absent on average.
 
     Args:
         num_scenes (`int`): number of scenes (the dataset has about `2.5 / (1 - absent_fraction)` rows per scene).
@@ -269,11 +268,12 @@ def synthetic_referring_dataset(
         scene_spec: fields of [`SyntheticSceneSpec`], e.g. `image_size=128, max_objects=2`.
 
     Returns:
-        `datasets.Dataset` with the columns of [`REFERRING_FEATURES`], `image` (`Image`, RGB), `text` (`str`), `mask` (`Image`, mode "L", 0 / 255:
-        a PNG is a few hundred bytes), `match_label` (`int64`, 1 present / 0 absent), `scene_id` (`int64`),
-        `colour`, `shape` (`str`), `bbox` (`[x1, y1, x2, y2]` int32, None for absent rows). The rows of a scene are
-        consecutive and share its image (stored once per row: about 70 KB per row at 256², the noise does not
-        compress). For large sets, consider `IterableDataset.from_generator(generate_referring_examples, ...)`.
+        `datasets.Dataset` with the columns of [`REFERRING_FEATURES`], `image` (`Image`, RGB), `text` (`str`),
+        `mask` (`Image`, mode "L", 0 / 255: a PNG of a few hundred bytes) and `match_label` (`int64`, 1 present /
+        0 absent), then `scene_id` (`int64`), `colour`, `shape` (`str`) and `bbox` (`[x1, y1, x2, y2]` int32, None
+        for absent rows). The rows of a scene are consecutive and each stores the scene's image again (about 70 KB
+        at 256², as the noise does not compress); for large sets, consider
+        `IterableDataset.from_generator(generate_referring_examples, ...)`, which makes scenes on the fly.
     """
     if not isinstance(num_scenes, int) or num_scenes < 1:
         raise ValueError(f"`num_scenes` must be a positive int, got {num_scenes!r}.")

@@ -68,8 +68,11 @@ def _decode_mask(value: Any, mask_format: str, size: tuple[int, int], root: Path
     if mask_format != "auto" and kind != mask_format:
         raise ValueError(f"`mask_format` is {mask_format!r} but the {name} is a {kind} value ({type(value).__name__}).")
     if kind == "png":
-        image = value if isinstance(value, PIL.Image.Image) else _open_image(_file_value(value, root, name))
-        mask = mask_to_bool(image, name)
+        if isinstance(value, PIL.Image.Image):
+            mask = mask_to_bool(value, name)
+        else:
+            with _open_image(_file_value(value, root, name)) as image:
+                mask = mask_to_bool(image, name)
     elif kind == "rle":
         mask = decode_rle(value, name)
     elif kind == "polygon":
@@ -95,7 +98,8 @@ def _to_canonical(
     root: Path | None,
 ) -> dict[str, Any]:
     image = _file_value(example[columns["image"]], root, f"image of row {row}")
-    width, height = _open_image(image).size
+    with _open_image(image) as opened:
+        width, height = opened.size
     text = example[columns["text"]]
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"The text of row {row} must be a non-empty string, got {text!r}.")

@@ -80,11 +80,12 @@ def _split_labels(label_ids: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
 def preprocess_logits_for_metrics(logits: Any, labels: Any) -> tuple[torch.Tensor, ...]:
     """
     `Trainer(preprocess_logits_for_metrics=...)`: keep, per batch, only the best mask (uint8 `[B, H, W]` at the
-    labels' size) and the match probability `[B]` when the model gives one, instead of every candidate's logits
+    labels' size, or the logits' without labels) and the match probability `[B]` when the model gives one, instead of every candidate's logits
     and the image embeddings (about 5 MB per example at 1024²) for the whole evaluation set.
     """
     pred_masks, iou_scores, itm_probability = find_segmentation_outputs(logits)
-    masks = best_masks(pred_masks, iou_scores, size=_split_labels(labels)[0].shape[-2:]).to(torch.uint8)
+    size = None if labels is None else _split_labels(labels)[0].shape[-2:]
+    masks = best_masks(pred_masks, iou_scores, size=size).to(torch.uint8)
     return (masks,) if itm_probability is None else (masks, itm_probability)
 
 
