@@ -166,6 +166,7 @@ def test_mask_threshold(segmenter, image):
         ({"image": None, "text": "a"}, ["a dog"], TypeError, "not both"),
         ({"image": "image", "txt": "a"}, None, ValueError, r'\{"image": \.\.\., "text": \.\.\.\}'),
         ({"image": 3, "text": "a"}, None, TypeError, "`image` must be"),
+        ("image", None, ValueError, r"or pass `texts`"),
     ],
 )
 def test_bad_calls(segmenter, image, count_calls, images, texts, error, match):
@@ -173,6 +174,11 @@ def test_bad_calls(segmenter, image, count_calls, images, texts, error, match):
     with pytest.raises(error, match=match):
         segmenter(images, texts)
     assert not count_calls
+
+
+def test_batch_size_must_be_one(segmenter, image):
+    with pytest.raises(ValueError, match="`batch_size` must be 1"):
+        segmenter([image, image], "a dog", batch_size=2)
 
 
 def test_needs_both_halves_and_a_tokenizer(tiny_joint):

@@ -106,6 +106,10 @@ class TextPromptedSegmentationPipeline(Pipeline):
         Returns:
             For one image, a list with one result dict per text; for a list of images, one such list per image.
         """
+        batch_size = kwargs.get("batch_size") or self._batch_size or 1
+        if batch_size != 1:
+            # Each image is already one batch (all its texts in one model call); images have different text counts.
+            raise ValueError(f"{TASK} runs one image per model call with all its texts; `batch_size` must be 1.")
         if texts is None:
             return super().__call__(images, **kwargs)
         if isinstance(images, dict):
@@ -135,7 +139,7 @@ class TextPromptedSegmentationPipeline(Pipeline):
     def preprocess(self, inputs: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         if not isinstance(inputs, dict) or "image" not in inputs or "text" not in inputs:
             raise ValueError(
-                f'Each input must be a dict {{"image": ..., "text": ...}}, got {type(inputs).__name__}'
+                f'Each input must be a dict {{"image": ..., "text": ...}} (or pass `texts`), got {type(inputs).__name__}'
                 f"{' with keys ' + str(sorted(inputs)) if isinstance(inputs, dict) else ''}."
             )
         texts = _text_list(inputs["text"], "text")
