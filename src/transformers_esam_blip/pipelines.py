@@ -137,6 +137,7 @@ class TextPromptedSegmentationPipeline(Pipeline):
         return preprocess_params, {}, postprocess_params
 
     def preprocess(self, inputs: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """`{"image", "text"}` → the processor's tensors for one image and its `T` texts (`input_ids [T, L]`)."""
         if not isinstance(inputs, dict) or "image" not in inputs or "text" not in inputs:
             raise ValueError(
                 f'Each input must be a dict {{"image": ..., "text": ...}} (or pass `texts`), got {type(inputs).__name__}'
@@ -154,12 +155,14 @@ class TextPromptedSegmentationPipeline(Pipeline):
         return {"texts": texts, **model_inputs}
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        """One model call for the image and all its texts; the output holds `pred_masks [T, 1, 3, h, w]` and more."""
         texts, original_sizes = model_inputs.pop("texts"), model_inputs.pop("original_sizes")
         model_inputs.pop("reshaped_input_sizes", None)
         outputs = self.model(**model_inputs, text_prompt_mode="gradcam")
         return {"texts": texts, "original_sizes": original_sizes, "outputs": outputs}
 
     def postprocess(self, model_outputs: dict[str, Any], mask_threshold: float = 0.0) -> list[dict[str, Any]]:
+        """The model output of one image → one result dict per text (see the class docstring)."""
         outputs: EsamBlipSegmentationOutput = model_outputs["outputs"]
         original_size = tuple(int(side) for side in model_outputs["original_sizes"][0])
         num_texts = len(model_outputs["texts"])
