@@ -171,6 +171,8 @@ def test_bad_specs_are_clear_errors(kwargs, message):
 def test_bad_arguments_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="absent_fraction"):
         next(generate_referring_examples(1, absent_fraction=1.0, progress=False))
+    with pytest.raises(ValueError, match=r"`absent_fraction` must lie in \[0, 1\), got -0.1"):
+        synthetic_referring_dataset(1, absent_fraction=-0.1, cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="num_scenes"):
         synthetic_referring_dataset(0, cache_dir=str(tmp_path))
     with pytest.raises(TypeError, match="unexpected keyword"):

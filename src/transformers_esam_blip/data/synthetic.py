@@ -211,6 +211,11 @@ def _scene_rows(
     return rows
 
 
+def _check_absent_fraction(absent_fraction: float) -> None:
+    if not 0 <= absent_fraction < 1:
+        raise ValueError(f"`absent_fraction` must lie in [0, 1), got {absent_fraction}.")
+
+
 def generate_referring_examples(
     scene_ids: int | Sequence[int],
     seed: int = 0,
@@ -230,8 +235,7 @@ def generate_referring_examples(
         spec ([`SyntheticSceneSpec`], *optional*): how scenes are drawn.
         progress (`bool`, defaults to `True`): show a tqdm bar over the scenes.
     """
-    if not 0 <= absent_fraction < 1:
-        raise ValueError(f"`absent_fraction` must lie in [0, 1), got {absent_fraction}.")
+    _check_absent_fraction(absent_fraction)
     scene_ids = range(scene_ids) if isinstance(scene_ids, int) else scene_ids
     for scene_id in tqdm(scene_ids, desc="Synthetic scenes", unit="scene", disable=not progress):
         rng = scene_rng(seed, int(scene_id))
@@ -277,6 +281,8 @@ def synthetic_referring_dataset(
     """
     if not isinstance(num_scenes, int) or num_scenes < 1:
         raise ValueError(f"`num_scenes` must be a positive int, got {num_scenes!r}.")
+    # Checked here too: inside `from_generator` the error would only surface as a DatasetGenerationError.
+    _check_absent_fraction(absent_fraction)
     return datasets.Dataset.from_generator(
         generate_referring_examples,
         features=SYNTHETIC_FEATURES,
