@@ -32,8 +32,8 @@ setup(
     ],
     extras_require={
         "plot": ["matplotlib>=3.8"],
-        "tests": ["pytest>=8", "matplotlib>=3.8"],
-        "dev": ["pytest>=8", "matplotlib>=3.8", "ruff>=0.5"],
+        "tests": ["pytest>=8", "matplotlib>=3.8", "scipy>=1.11"],
+        "dev": ["pytest>=8", "matplotlib>=3.8", "scipy>=1.11", "ruff>=0.5"],
     },
     entry_points={"console_scripts": ["esam-blip=transformers_esam_blip.cli:main"]},
 )
