@@ -145,6 +145,9 @@ class EfficientSamMaskDecoderConfig(PreTrainedConfig):
             raise ValueError("`upscaling_hidden_sizes` must hold at least one value.")
 
 
+FUSION_TYPES = ("none", "concat", "cross_attention", "adapter", "multilevel")
+PROMPTER_SOURCES = ("text", "itm")
+
 _SUB_CONFIG_CLASSES: dict[str, type[PreTrainedConfig]] = {
     "sam_vision_config": EfficientSamVisionConfig,
     "prompt_encoder_config": EfficientSamPromptEncoderConfig,
@@ -183,6 +186,28 @@ class EsamBlipConfig(PreTrainedConfig):
         segmentation (`bool`, *optional*): set `False` to build a matching-only config without the EfficientSAM
             defaults. By default the EfficientSAM half is built whenever none of its sub-configs is given and no
             BLIP sub-config is given either (the plain `EsamBlipConfig()` is a full EfficientSAM-S model).
+        fusion_type (`str`, defaults to `"none"`): how BLIP ViT features enter the EfficientSAM image embeddings
+            before the mask decoder (see `fusion.py`). `"none"` builds nothing, so converted checkpoints reproduce
+            the originals; `"concat"` (BLIP grid resized to the SAM grid, channels concatenated, conv projection),
+            `"cross_attention"` (SAM tokens attend to BLIP tokens), `"adapter"` (light adapters on both, summed) and
+            `"multilevel"` (projected BLIP features added inside the EfficientSAM ViT after block `fusion_layer`)
+            need both halves. Every fusion starts as the identity on the SAM embeddings.
+        fusion_layer (`int`, *optional*): `"multilevel"` only: the EfficientSAM ViT block after which the BLIP
+            features are added, in `[0, sam_vision_config.num_hidden_layers - 1]`; defaults to the middle block
+            (`num_hidden_layers // 2`).
+        fusion_hidden_size (`int`, *optional*): inner width of the `"concat"` projection, the `"cross_attention"`
+            attention and the `"adapter"` bottlenecks; defaults to the image-embedding channels.
+        fusion_num_attention_heads (`int`, defaults to 8): heads of the `"cross_attention"` fusion; must divide
+            `fusion_hidden_size`.
+        prompter_source (`str`, *optional*): builds the learned text prompter (`text_prompt_mode="learned"`) from
+            `"text"` (the text-only [CLS] hidden state) or `"itm"` (the [ENC] hidden state of the ITM pass, which
+            cross-attends to the image). `None` (the default) builds no prompter, as for converted checkpoints.
+        num_prompt_tokens (`int`, defaults to 4): sparse prompt embeddings the prompter makes per text.
+        focal_loss_weight (`float`, defaults to 20.0): weight of the sigmoid focal loss on the masks (SAM's 20:1).
+        dice_loss_weight (`float`, defaults to 1.0): weight of the dice loss on the masks.
+        iou_loss_weight (`float`, defaults to 1.0): weight of the MSE between the predicted and the actual IoU.
+        itm_loss_weight (`float`, defaults to 1.0): weight of the ITM cross-entropy (learned text prompts with
+            `match_labels`).
         initializer_range (`float`, defaults to 0.02): std of weight init for new layers.
     """
 
@@ -206,6 +231,16 @@ class EsamBlipConfig(PreTrainedConfig):
     match_threshold: float = 0.5
     heatmap_mask_alpha: float = 0.5
     segmentation: bool | None = None
+    fusion_type: str = "none"
+    fusion_layer: int | None = None
+    fusion_hidden_size: int | None = None
+    fusion_num_attention_heads: int = 8
+    prompter_source: str | None = None
+    num_prompt_tokens: int = 4
+    focal_loss_weight: float = 20.0
+    dice_loss_weight: float = 1.0
+    iou_loss_weight: float = 1.0
+    itm_loss_weight: float = 1.0
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -243,6 +278,7 @@ class EsamBlipConfig(PreTrainedConfig):
             self.text_config.encoder_hidden_size = self.vision_config.hidden_size
         super().__post_init__(**kwargs)
         self._check_consistency()
+        self.check_training_settings()
 
     def _check_consistency(self) -> None:
         if self.text_prompt_num_points < 1:
@@ -278,6 +314,49 @@ class EsamBlipConfig(PreTrainedConfig):
                     f"`gradcam_block_num` must index a text layer in [0, {num_layers - 1}], got {self.gradcam_block_num}."
                 )
 
+    def check_training_settings(self) -> None:
+        """
+        Fill the defaults of `fusion_layer` and `fusion_hidden_size` and validate the fusion, prompter and loss
+        settings. [`EsamBlipModel`] calls it again before building its modules, since `from_pretrained(path,
+        fusion_type=...)` sets attributes after `__post_init__`.
+        """
+        if self.fusion_type not in FUSION_TYPES:
+            raise ValueError(f"`fusion_type` must be one of {FUSION_TYPES}, got {self.fusion_type!r}.")
+        if self.prompter_source is not None and self.prompter_source not in PROMPTER_SOURCES:
+            raise ValueError(
+                f"`prompter_source` must be None (no learned prompter) or one of {PROMPTER_SOURCES}, got "
+                f"{self.prompter_source!r}."
+            )
+        for name, active in (("fusion_type", self.fusion_type != "none"), ("prompter_source", self.prompter_source)):
+            if active and not (self.has_segmentation and self.has_blip):
+                raise ValueError(
+                    f"`{name}={getattr(self, name)!r}` joins BLIP and EfficientSAM: the config needs both halves, got "
+                    f"has_segmentation={self.has_segmentation}, has_blip={self.has_blip}."
+                )
+        if self.fusion_type == "multilevel" and self.fusion_layer is None:
+            self.fusion_layer = self.sam_vision_config.num_hidden_layers // 2
+        if self.fusion_type not in ("none", "multilevel") and self.fusion_hidden_size is None:
+            self.fusion_hidden_size = self.sam_vision_config.output_channels
+        if self.num_prompt_tokens < 1:
+            raise ValueError(f"`num_prompt_tokens` must be >= 1, got {self.num_prompt_tokens}.")
+        for name in ("focal_loss_weight", "dice_loss_weight", "iou_loss_weight", "itm_loss_weight"):
+            if not 0.0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {getattr(self, name)}.")
+        if self.fusion_type == "multilevel":
+            num_layers = self.sam_vision_config.num_hidden_layers
+            if not 0 <= self.fusion_layer < num_layers:
+                raise ValueError(
+                    f"`fusion_layer` must index an EfficientSAM ViT block in [0, {num_layers - 1}], got "
+                    f"{self.fusion_layer}."
+                )
+        if self.fusion_hidden_size is not None and self.fusion_hidden_size < 1:
+            raise ValueError(f"`fusion_hidden_size` must be >= 1, got {self.fusion_hidden_size}.")
+        if self.fusion_type == "cross_attention" and self.fusion_hidden_size % self.fusion_num_attention_heads:
+            raise ValueError(
+                f"`fusion_num_attention_heads` ({self.fusion_num_attention_heads}) must divide `fusion_hidden_size` "
+                f"({self.fusion_hidden_size})."
+            )
+
     @property
     def has_segmentation(self) -> bool:
         """Whether the EfficientSAM half (points/boxes → masks) is configured."""
@@ -297,6 +376,8 @@ class EsamBlipConfig(PreTrainedConfig):
 
 
 __all__ = [
+    "FUSION_TYPES",
+    "PROMPTER_SOURCES",
     "EfficientSamMaskDecoderConfig",
     "EfficientSamPromptEncoderConfig",
     "EfficientSamVisionConfig",

@@ -135,7 +135,19 @@ class EfficientSamVisionEncoder(nn.Module):
         table = F.interpolate(table.permute(0, 3, 1, 2), size=(grid, grid), mode="bicubic", align_corners=False)
         return table.permute(0, 2, 3, 1)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pixel_values: torch.Tensor, fused_features: torch.Tensor | None = None, fusion_layer: int = 0
+    ) -> torch.Tensor:
+        """
+        Args:
+            pixel_values: `[B, 3, S, S]` normalised images.
+            fused_features: optional `[B, g*g, hidden_size]` tokens added to the hidden states after block
+                `fusion_layer` (EsamBlip's multilevel fusion); `None` runs the plain EfficientSAM encoder.
+            fusion_layer: block index in `[0, num_hidden_layers - 1]`.
+
+        Returns:
+            `image_embeddings [B, C_neck, g, g]`.
+        """
         size = self.config.image_size
         if pixel_values.ndim != 4 or pixel_values.shape[1:] != (self.config.num_channels, size, size):
             raise ValueError(
@@ -146,11 +158,13 @@ class EfficientSamVisionEncoder(nn.Module):
         grid = hidden_states.shape[1]
         hidden_states = hidden_states + self.resized_position_embeddings(grid)
         hidden_states = hidden_states.reshape(hidden_states.shape[0], grid * grid, -1)
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training:
                 hidden_states = torch.utils.checkpoint.checkpoint(layer, hidden_states, use_reentrant=False)
             else:
                 hidden_states = layer(hidden_states)
+            if fused_features is not None and index == fusion_layer:
+                hidden_states = hidden_states + fused_features
         hidden_states = hidden_states.reshape(hidden_states.shape[0], grid, grid, -1).permute(0, 3, 1, 2)
         return self.neck(hidden_states)
 
@@ -477,13 +491,34 @@ class EfficientSamModule(nn.Module):
         Returns:
             `pred_masks [B, Q, M, 4g, 4g]` logits and `iou_scores [B, Q, M]`.
         """
+        sparse = self.embed_prompts(points, labels).to(image_embeddings.dtype)
+        return self.decode(image_embeddings, sparse, multimask_output)
+
+    def embed_prompts(self, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """`points [B, Q, P, 2]` and `labels [B, Q, P]` (from `assemble_prompts`) → sparse embeddings `[B, Q, P, C]`."""
         batch_size, num_queries, num_points, _ = points.shape
         sparse = self.prompt_encoder(
             points.reshape(batch_size * num_queries, num_points, 2), labels.reshape(batch_size * num_queries, -1)
         )
-        sparse = sparse.reshape(batch_size, num_queries, num_points, -1).to(image_embeddings.dtype)
+        return sparse.reshape(batch_size, num_queries, num_points, -1)
+
+    def decode(
+        self, image_embeddings: torch.Tensor, sparse_prompt_embeddings: torch.Tensor, multimask_output: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Mask decoder on any sparse prompt embeddings (points, learned text tokens, or both).
+
+        Args:
+            image_embeddings: `[B, C, g, g]`.
+            sparse_prompt_embeddings: `[B, Q, P, C]` in the dtype of `image_embeddings`.
+
+        Returns:
+            `pred_masks [B, Q, M, 4g, 4g]` logits and `iou_scores [B, Q, M]`.
+        """
         image_pe = self.prompt_encoder.get_dense_pe().to(image_embeddings.dtype)
-        return self.mask_decoder(image_embeddings, image_pe, sparse, multimask_output=multimask_output)
+        return self.mask_decoder(
+            image_embeddings, image_pe, sparse_prompt_embeddings, multimask_output=multimask_output
+        )
 
 
 __all__ = [

@@ -6,10 +6,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_esam_blip import EsamBlipConfig
+from .fusion import ZERO_INIT_LAYERS, build_fusion
 from .gradcam import pnp_vqa_gradcams
+from .losses import itm_loss, segmentation_loss
 from .modeling_blip_itm import (
     EsamBlipGradCamOutput,
     EsamBlipImageTextMatchingOutput,
@@ -22,7 +24,12 @@ from .modeling_efficient_sam import (
     EfficientSamVisionEncoder,
     assemble_prompts,
 )
+from .prompter import EsamBlipTextPrompter
 from .text_prompting import heatmap_to_prompts, mask_enhanced_heatmap
+
+logger = logging.get_logger(__name__)
+
+TEXT_PROMPT_MODES = ("gradcam", "learned")
 
 
 @dataclass
@@ -31,13 +38,15 @@ class EsamBlipSegmentationOutput(ModelOutput):
     Output of [`EsamBlipForPromptableSegmentation`].
 
     Args:
-        loss (`torch.FloatTensor`, *optional*): training loss when labels are given.
+        loss (`torch.FloatTensor` of shape `()`, *optional*): with `labels`, the SAM loss (focal + dice on the
+            lowest-loss candidate, IoU MSE), plus with `match_labels` the ITM cross-entropy, weighted by the config.
         iou_scores (`torch.FloatTensor` of shape `[B, Q, M]`): predicted IoU of every candidate mask (not sorted,
             no sigmoid; the best mask of a query is its arg-max).
         pred_masks (`torch.FloatTensor` of shape `[B, Q, M, 256, 256]`): low-resolution mask logits; resize them
             with `EsamBlipImageProcessor.post_process_masks` and threshold at 0.
-        image_embeddings (`torch.FloatTensor` of shape `[B, C, 64, 64]`): EfficientSAM image embeddings, to reuse
-            for further prompts.
+        image_embeddings (`torch.FloatTensor` of shape `[B, C, 64, 64]`): EfficientSAM image embeddings before any
+            fusion (fusion happens on the way to the decoder), to reuse for further prompts; with
+            `fusion_type="multilevel"` the encoder's output with the BLIP stream added inside it.
         prompt_points (`torch.FloatTensor` of shape `[T, K, 2]`, text prompts only): the points chosen from each
             text's heatmap, (x, y) cell centres in the encoder frame; unused slots are (-1, -1).
         prompt_labels (`torch.LongTensor` of shape `[T, K]`, text prompts only): 1 salient, 0 background, -1 unused.
@@ -49,7 +58,8 @@ class EsamBlipSegmentationOutput(ModelOutput):
         itm_probability (`torch.FloatTensor` of shape `[T]`, text prompts only): BLIP ITM match probability.
         is_match (`torch.BoolTensor` of shape `[T]`, text prompts only): `itm_probability >= config.match_threshold`;
             False means the described object is probably absent and the mask should not be trusted.
-        blip_image_embeds (`torch.FloatTensor` of shape `[B, 1 + g*g, D]`, text prompts only): BLIP ViT output.
+        blip_image_embeds (`torch.FloatTensor` of shape `[B, 1 + g*g, D]`, text prompts or fusion only): BLIP ViT
+            output.
     """
 
     loss: torch.FloatTensor | None = None
@@ -78,6 +88,12 @@ class EsamBlipPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, ZERO_INIT_LAYERS):
+            # Ends of the fusion's residual branches: zero makes a new fusion exactly the identity. Loaded weights are
+            # flagged as initialised, so `init.zeros_` leaves trained ones alone.
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+            return
         super()._init_weights(module)
         if isinstance(module, EfficientSamVisionEncoder):
             init.trunc_normal_(module.pos_embed, std=self.config.initializer_range)
@@ -88,13 +104,18 @@ class EsamBlipPreTrainedModel(PreTrainedModel):
 class EsamBlipModel(EsamBlipPreTrainedModel):
     """
     The joint model: the EfficientSAM half (`self.sam`, points/boxes → masks) and the BLIP half (`self.blip`, ITM,
-    ITC, Grad-CAM). Either may be `None` when the checkpoint holds only the other one.
+    ITC, Grad-CAM). Either may be `None` when the checkpoint holds only the other one. The trainable joins exist only
+    when configured, so converted checkpoints keep their exact key list: `self.fusion` (`config.fusion_type`) and
+    `self.prompter` (learned text prompts, `config.prompter_source`).
     """
 
     def __init__(self, config: EsamBlipConfig) -> None:
         super().__init__(config)
+        config.check_training_settings()
         self.sam = EfficientSamModule(config) if config.has_segmentation else None
         self.blip = EsamBlipImageTextModule(config) if config.has_blip else None
+        self.fusion = build_fusion(config)
+        self.prompter = EsamBlipTextPrompter.from_config(config) if config.prompter_source is not None else None
         self.post_init()
 
     def require_segmentation(self) -> EfficientSamModule:
@@ -112,6 +133,15 @@ class EsamBlipModel(EsamBlipPreTrainedModel):
                 "images and texts. Convert it with `--blip` to add one."
             )
         return self.blip
+
+    def require_prompter(self) -> EsamBlipTextPrompter:
+        if self.prompter is None:
+            raise ValueError(
+                "`text_prompt_mode='learned'` needs a learned text prompter, but config.prompter_source is None. "
+                "Build the model with `prompter_source='text'` or `'itm'` and train it, or use "
+                "`text_prompt_mode='gradcam'`."
+            )
+        return self.prompter
 
     def get_image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`pixel_values [B, 3, S, S]` (from `EsamBlipImageProcessor`) → EfficientSAM `image_embeddings [B, C, g, g]`."""
@@ -149,9 +179,13 @@ def _check_tensor(name: str, value: torch.Tensor, ndim: int, last: int | None, e
 
 class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
     """
-    EfficientSAM masks from points and boxes, SAM-compatible: `get_image_embeddings` once, then
+    EfficientSAM masks from points, boxes and texts, SAM-compatible: `get_image_embeddings` once, then
     `forward(image_embeddings=..., input_points=..., input_labels=...)` for as many prompts as needed, so
-    `pipeline("mask-generation")` works unchanged.
+    `pipeline("mask-generation")` works unchanged (with `fusion_type="none"` or a fusion that runs on cached
+    embeddings).
+
+    Texts become prompts zero-shot (Grad-CAM peaks as points) or through a trained prompter; `labels`/`match_labels`
+    give the training loss (see `forward`).
     """
 
     def __init__(self, config: EsamBlipConfig) -> None:
@@ -160,7 +194,10 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         self.post_init()
 
     def get_image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`pixel_values [B, 3, S, S]` → `image_embeddings [B, C, g, g]`; encode once, prompt many times."""
+        """
+        `pixel_values [B, 3, S, S]` → `image_embeddings [B, C, g, g]`; encode once, prompt many times. Always the plain
+        EfficientSAM embeddings: `forward` applies the configured fusion to them.
+        """
         return self.model.get_image_embeddings(pixel_values)
 
     def _validate_prompts(
@@ -232,6 +269,9 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         blip_pixel_values: torch.Tensor | None = None,
         blip_image_embeds: torch.Tensor | None = None,
         text_prompt_mode: str = "gradcam",
+        labels: torch.Tensor | None = None,
+        match_labels: torch.Tensor | None = None,
+        original_sizes: torch.Tensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> EsamBlipSegmentationOutput | tuple:
@@ -239,6 +279,9 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         Args:
             pixel_values (`[B, 3, S, S]`): normalised images from `EsamBlipImageProcessor` (XOR `image_embeddings`).
             image_embeddings (`[B, C, g, g]`): output of `get_image_embeddings`, to prompt an encoded image again.
+                These are the plain EfficientSAM embeddings: the fusion of `config.fusion_type` is applied here, on
+                the way to the decoder, so cached embeddings stay valid (except `"multilevel"`, which fuses inside
+                the encoder and needs `pixel_values`).
             input_points (`[B, Q, P, 2]`): (x, y) in the S x S encoder frame (the processor rescales image pixels);
                 padding `(-1, -1)`. With texts, the batch axis is the text axis `T`.
             input_labels (`[B, Q, P]`): 1 foreground, 0 background, 2/3 box corners, -1 padding; all 1 if omitted.
@@ -249,45 +292,105 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
                 `EsamBlipProcessor`). Text `t` goes with image `t`, or every text with the single image (`B == 1`;
                 the image is encoded once). Needs the BLIP half and `blip_pixel_values` or `blip_image_embeds`.
             attention_mask (`[T, L]`, *optional*): 1 for real tokens.
-            blip_pixel_values (`[B, 3, s, s]`): BLIP input; unused without texts (so the processor's full output can
-                be passed).
+            blip_pixel_values (`[B, 3, s, s]`): BLIP input; unused without texts and without fusion (so the
+                processor's full output can be passed).
             blip_image_embeds (`[B, 1 + N, D]`): BLIP ViT output, instead of `blip_pixel_values`.
-            text_prompt_mode (`str`): `"gradcam"`: each text's Grad-CAM heatmap gives up to
-                `config.text_prompt_num_points` salient points (cell centres), appended to every query of that text
-                (one query when no point/box is given).
+            text_prompt_mode (`str`): how texts become prompts.
+                - `"gradcam"` (zero-shot): each text's Grad-CAM heatmap gives up to `config.text_prompt_num_points`
+                  salient points (cell centres), appended to every query of that text (one query when no point/box
+                  is given). Not differentiable through the prompts.
+                - `"learned"`: the trained prompter (`config.prompter_source`) turns each text's features into
+                  `config.num_prompt_tokens` sparse embeddings, appended after the embeddings of the query's points
+                  and boxes (the only prompt when none is given, one query). Differentiable end to end; the ITM head
+                  gives `itm_probability`/`is_match`.
+            labels (`[B or T, Q, h, w]` or `[B or T, h, w]`, *optional*): binary target masks at the low resolution
+                of `pred_masks` (256x256) or at the original image size (then pass `original_sizes`); a 3-D label is
+                shared by every query. Gives the SAM loss (`losses.segmentation_loss`, weights from the config).
+            match_labels (`[T]`, *optional*): 1 where the text describes its image, 0 where not: the ITM
+                cross-entropy (`config.itm_loss_weight`) of learned text prompts. Ignored, with a warning, in the
+                other modes, whose ITM logits are not trained.
+            original_sizes (`[B, 2]`, *optional*): `(H, W)` of each image, as the image processor returns them;
+                only read to resize full-resolution `labels`.
+
+        With `transformers.Trainer`, set `label_names=["labels", "match_labels"]`: Trainer otherwise takes every
+        argument whose name contains "label", `input_labels` included, for a label.
 
         Returns:
-            [`EsamBlipSegmentationOutput`] with `pred_masks [B or T, Q, M, 4g, 4g]`, `iou_scores [B or T, Q, M]`
-            and, with texts, the chosen points, heatmaps and match probabilities.
+            [`EsamBlipSegmentationOutput`] with `loss` (with `labels` and/or `match_labels`; first, so `Trainer`
+            finds it), `pred_masks [B or T, Q, M, 4g, 4g]`, `iou_scores [B or T, Q, M]` and, with texts, the match
+            probabilities and (Grad-CAM mode) the chosen points and heatmaps.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         sam = self.model.require_segmentation()
-        image_embeddings = self._image_embeddings(sam, pixel_values, image_embeddings)
-        max_points = self.config.prompt_encoder_config.max_num_points
+        if input_ids is not None and text_prompt_mode not in TEXT_PROMPT_MODES:
+            raise ValueError(f"`text_prompt_mode` must be one of {TEXT_PROMPT_MODES}, got {text_prompt_mode!r}.")
+        fusion_type = self.config.fusion_type
+        if input_ids is not None or fusion_type != "none":
+            reason = "Text prompts" if input_ids is not None else f"`fusion_type={fusion_type!r}`"
+            blip_image_embeds = self._blip_image_embeds(blip_pixel_values, blip_image_embeds, reason)
+        else:
+            blip_image_embeds = None
+        image_embeddings = self._image_embeddings(sam, pixel_values, image_embeddings, blip_image_embeds)
+        decoder_embeddings = self._fused_embeddings(image_embeddings, blip_image_embeds)
+
+        itm_logits = None
         if input_ids is None:
             input_labels = self._validate_prompts(image_embeddings.shape[0], input_points, input_labels, input_boxes)
-            points, labels = assemble_prompts(input_points, input_labels, input_boxes, max_points)
-            pred_masks, iou_scores = sam.predict_masks(image_embeddings, points, labels, multimask_output)
-            output = EsamBlipSegmentationOutput(
-                iou_scores=iou_scores, pred_masks=pred_masks, image_embeddings=image_embeddings
+            points, point_labels = assemble_prompts(
+                input_points, input_labels, input_boxes, self.config.prompt_encoder_config.max_num_points
             )
-            return output if return_dict else output.to_tuple()
+            pred_masks, iou_scores = sam.predict_masks(decoder_embeddings, points, point_labels, multimask_output)
+            fields = {"iou_scores": iou_scores, "pred_masks": pred_masks}
+        else:
+            _check_tensor("input_ids", input_ids, 2, None, "[texts, length]")
+            input_labels = self._validate_prompts(
+                input_ids.shape[0], input_points, input_labels, input_boxes, required=False
+            )
+            if text_prompt_mode == "gradcam":
+                fields = self._segment_with_gradcam(
+                    sam,
+                    decoder_embeddings,
+                    blip_image_embeds,
+                    input_ids,
+                    attention_mask,
+                    input_points,
+                    input_labels,
+                    input_boxes,
+                    multimask_output,
+                )
+            else:
+                fields, itm_logits = self._segment_with_learned_prompts(
+                    sam,
+                    decoder_embeddings,
+                    blip_image_embeds,
+                    input_ids,
+                    attention_mask,
+                    input_points,
+                    input_labels,
+                    input_boxes,
+                    multimask_output,
+                )
+        loss = self._loss(fields, labels, itm_logits, match_labels, original_sizes)
+        output = EsamBlipSegmentationOutput(
+            loss=loss, image_embeddings=image_embeddings, blip_image_embeds=blip_image_embeds, **fields
+        )
+        return output if return_dict else output.to_tuple()
 
-        if text_prompt_mode != "gradcam":
-            raise ValueError(f"`text_prompt_mode` must be 'gradcam', got {text_prompt_mode!r}.")
-        blip = self.model.require_blip()
-        if (blip_pixel_values is None) == (blip_image_embeds is None):
-            raise ValueError("Text prompts need exactly one of `blip_pixel_values` and `blip_image_embeds`.")
-        if blip_image_embeds is None:
-            blip_image_embeds = blip.get_image_features(blip_pixel_values)
-        if blip_image_embeds.shape[0] != image_embeddings.shape[0]:
-            raise ValueError(
-                f"The BLIP images ({blip_image_embeds.shape[0]}) and the EfficientSAM images "
-                f"({image_embeddings.shape[0]}) must be the same batch."
-            )
-        _check_tensor("input_ids", input_ids, 2, None, "[texts, length]")
+    def _segment_with_gradcam(
+        self,
+        sam: EfficientSamModule,
+        image_embeddings: torch.Tensor,
+        blip_image_embeds: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        input_points: torch.Tensor | None,
+        input_labels: torch.Tensor | None,
+        input_boxes: torch.Tensor | None,
+        multimask_output: bool,
+    ) -> dict[str, torch.Tensor]:
+        """Zero-shot text prompts: Grad-CAM peaks become points appended to each query (output fields as a dict)."""
         num_texts = input_ids.shape[0]
-        gradcam, itm_logits = blip.compute_gradcam(
+        gradcam, itm_logits = self.model.blip.compute_gradcam(
             input_ids, attention_mask, _pair_images(blip_image_embeds, num_texts)
         )
         heatmap = gradcam[:, 1]
@@ -299,50 +402,157 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
             threshold=self.config.text_prompt_threshold,
             num_background_points=self.config.text_prompt_num_background_points,
         )
-        input_labels = self._validate_prompts(num_texts, input_points, input_labels, input_boxes, required=False)
         num_queries = next((t.shape[1] for t in (input_points, input_boxes) if t is not None), 1)
         query_points = text_points[:, None].expand(-1, num_queries, -1, -1)
         query_labels = text_labels[:, None].expand(-1, num_queries, -1)
         if input_points is not None:
             query_points = torch.cat([input_points.to(query_points.dtype), query_points], dim=2)
             query_labels = torch.cat([input_labels.long(), query_labels], dim=2)
-        points, labels = assemble_prompts(query_points, query_labels, input_boxes, max_points)
+        points, point_labels = assemble_prompts(
+            query_points, query_labels, input_boxes, self.config.prompt_encoder_config.max_num_points
+        )
         sam_embeddings = _pair_with_texts(image_embeddings, num_texts, "image_embeddings")
-        pred_masks, iou_scores = sam.predict_masks(sam_embeddings, points, labels, multimask_output)
+        pred_masks, iou_scores = sam.predict_masks(sam_embeddings, points, point_labels, multimask_output)
 
         best = iou_scores[:, 0].argmax(dim=-1)
         best_mask = pred_masks[torch.arange(num_texts), 0, best] > 0  # logits: the sign decides the mask
         enhanced = mask_enhanced_heatmap(heatmap, best_mask, self.config.heatmap_mask_alpha)
+        return {
+            "iou_scores": iou_scores,
+            "pred_masks": pred_masks,
+            "prompt_points": text_points,
+            "prompt_labels": text_labels,
+            "heatmap": heatmap,
+            "enhanced_heatmap": enhanced,
+            "gradcams": enhanced.flatten(1),
+            **self._match_fields(itm_logits),
+        }
+
+    def _segment_with_learned_prompts(
+        self,
+        sam: EfficientSamModule,
+        image_embeddings: torch.Tensor,
+        blip_image_embeds: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        input_points: torch.Tensor | None,
+        input_labels: torch.Tensor | None,
+        input_boxes: torch.Tensor | None,
+        multimask_output: bool,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Learned text prompts: prompter tokens after each query's point/box embeddings; returns fields and ITM logits."""
+        prompter = self.model.require_prompter()
+        blip = self.model.blip
+        num_texts = input_ids.shape[0]
+        multimodal = blip.get_multimodal_features(input_ids, attention_mask, _pair_images(blip_image_embeds, num_texts))
+        itm_logits = blip.itm_head(multimodal[:, 0])
+        if self.config.prompter_source == "itm":
+            text_features = multimodal[:, 0]
+        else:
+            text_features = blip.get_text_features(input_ids, attention_mask)[:, 0]
+        text_tokens = prompter(text_features).to(image_embeddings.dtype)
+
+        if input_points is None and input_boxes is None:
+            sparse = text_tokens[:, None]
+        else:
+            points, point_labels = assemble_prompts(
+                input_points, input_labels, input_boxes, self.config.prompt_encoder_config.max_num_points
+            )
+            point_embeddings = sam.embed_prompts(points, point_labels).to(image_embeddings.dtype)
+            text_tokens = text_tokens[:, None].expand(-1, point_embeddings.shape[1], -1, -1)
+            sparse = torch.cat([point_embeddings, text_tokens], dim=2)
+        sam_embeddings = _pair_with_texts(image_embeddings, num_texts, "image_embeddings")
+        pred_masks, iou_scores = sam.decode(sam_embeddings, sparse, multimask_output)
+        return {"iou_scores": iou_scores, "pred_masks": pred_masks, **self._match_fields(itm_logits)}, itm_logits
+
+    def _match_fields(self, itm_logits: torch.Tensor) -> dict[str, torch.Tensor]:
         itm_probability = itm_logits.softmax(dim=-1)[:, 1]
-        output = EsamBlipSegmentationOutput(
-            iou_scores=iou_scores,
-            pred_masks=pred_masks,
-            image_embeddings=image_embeddings,
-            prompt_points=text_points,
-            prompt_labels=text_labels,
-            heatmap=heatmap,
-            enhanced_heatmap=enhanced,
-            gradcams=enhanced.flatten(1),
-            itm_probability=itm_probability,
-            is_match=itm_probability >= self.config.match_threshold,
-            blip_image_embeds=blip_image_embeds,
-        )
-        return output if return_dict else output.to_tuple()
+        return {"itm_probability": itm_probability, "is_match": itm_probability >= self.config.match_threshold}
+
+    def _loss(
+        self,
+        fields: dict[str, torch.Tensor],
+        labels: torch.Tensor | None,
+        itm_logits: torch.Tensor | None,
+        match_labels: torch.Tensor | None,
+        original_sizes: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """Weighted SAM loss on `labels` plus the ITM cross-entropy on `match_labels` (learned prompts only)."""
+        config = self.config
+        loss = None
+        if labels is not None:
+            loss, _ = segmentation_loss(
+                fields["pred_masks"],
+                fields["iou_scores"],
+                labels,
+                original_sizes,
+                focal_weight=config.focal_loss_weight,
+                dice_weight=config.dice_loss_weight,
+                iou_weight=config.iou_loss_weight,
+            )
+        if match_labels is not None:
+            if itm_logits is None:
+                logger.warning_once(
+                    "`match_labels` train the ITM head of learned text prompts (`input_ids` with "
+                    "`text_prompt_mode='learned'`); they are ignored here."
+                )
+            else:
+                matching = config.itm_loss_weight * itm_loss(itm_logits, match_labels)
+                loss = matching if loss is None else loss + matching
+        return loss
+
+    def _blip_image_embeds(
+        self, blip_pixel_values: torch.Tensor | None, blip_image_embeds: torch.Tensor | None, reason: str
+    ) -> torch.Tensor:
+        blip = self.model.require_blip()
+        if (blip_pixel_values is None) == (blip_image_embeds is None):
+            raise ValueError(f"{reason} need exactly one of `blip_pixel_values` and `blip_image_embeds`.")
+        if blip_image_embeds is None:
+            return blip.get_image_features(blip_pixel_values)
+        blip._check_image_embeds(blip_image_embeds)
+        return blip_image_embeds
 
     def _image_embeddings(
-        self, sam: EfficientSamModule, pixel_values: torch.Tensor | None, image_embeddings: torch.Tensor | None
+        self,
+        sam: EfficientSamModule,
+        pixel_values: torch.Tensor | None,
+        image_embeddings: torch.Tensor | None,
+        blip_image_embeds: torch.Tensor | None,
     ) -> torch.Tensor:
+        """Plain EfficientSAM embeddings, or with `"multilevel"` fusion those of the encoder fed the BLIP stream."""
         if (pixel_values is None) == (image_embeddings is None):
             raise ValueError("Pass exactly one of `pixel_values` and `image_embeddings`.")
-        if image_embeddings is None:
-            return sam.get_image_embeddings(pixel_values)
-        vision = self.config.sam_vision_config
-        grid = vision.image_embedding_size
-        expected = f"[batch, {vision.output_channels}, {grid}, {grid}]"
-        _check_tensor("image_embeddings", image_embeddings, 4, None, expected)
-        if image_embeddings.shape[1:] != (vision.output_channels, grid, grid):
-            raise ValueError(f"`image_embeddings` must have shape {expected}, got {tuple(image_embeddings.shape)}.")
-        return image_embeddings
+        multilevel = self.config.fusion_type == "multilevel"
+        if image_embeddings is not None:
+            if multilevel:
+                raise ValueError(
+                    "`fusion_type='multilevel'` adds the BLIP features inside the EfficientSAM encoder: pass "
+                    "`pixel_values`, not `image_embeddings`."
+                )
+            vision = self.config.sam_vision_config
+            grid = vision.image_embedding_size
+            expected = f"[batch, {vision.output_channels}, {grid}, {grid}]"
+            _check_tensor("image_embeddings", image_embeddings, 4, None, expected)
+            if image_embeddings.shape[1:] != (vision.output_channels, grid, grid):
+                raise ValueError(f"`image_embeddings` must have shape {expected}, got {tuple(image_embeddings.shape)}.")
+        num_images = (pixel_values if image_embeddings is None else image_embeddings).shape[0]
+        if blip_image_embeds is not None and blip_image_embeds.shape[0] != num_images:
+            raise ValueError(
+                f"The BLIP images ({blip_image_embeds.shape[0]}) and the EfficientSAM images ({num_images}) must be "
+                "the same batch."
+            )
+        if image_embeddings is not None:
+            return image_embeddings
+        if multilevel:
+            fused = self.model.fusion(blip_image_embeds, self.config.sam_vision_config.image_embedding_size)
+            return sam.vision_encoder(pixel_values, fused_features=fused, fusion_layer=self.config.fusion_layer)
+        return sam.get_image_embeddings(pixel_values)
+
+    def _fused_embeddings(self, image_embeddings: torch.Tensor, blip_image_embeds: torch.Tensor | None) -> torch.Tensor:
+        """The decoder's image embeddings: fused with the BLIP features (`concat`, `cross_attention`, `adapter`)."""
+        if self.config.fusion_type in ("none", "multilevel"):
+            return image_embeddings
+        return self.model.fusion(image_embeddings, blip_image_embeds)
 
 
 def _pair_with_texts(images: torch.Tensor, num_texts: int, name: str) -> torch.Tensor:
@@ -439,12 +649,7 @@ class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
             )
             itm_score = blip.itm_head(text_embeds[:, 0])
             if labels is not None:
-                if labels.shape != (input_ids.shape[0],) or ((labels != 0) & (labels != 1)).any():
-                    raise ValueError(
-                        f"`labels` must be 0/1 match targets of shape ({input_ids.shape[0]},), got shape "
-                        f"{tuple(labels.shape)} with values {labels.unique().tolist()}."
-                    )
-                loss = nn.functional.cross_entropy(itm_score, labels.long())
+                loss = itm_loss(itm_score, labels, name="labels")
         else:
             if labels is not None:
                 raise ValueError("`labels` are ITM match targets: pass them with `use_itm_head=True`.")

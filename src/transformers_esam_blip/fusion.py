@@ -1,0 +1,198 @@
+"""Fusion of BLIP ViT features into the EfficientSAM image embeddings: concat, cross-attention, adapter, multilevel."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.activations import ACT2FN
+
+from .configuration_esam_blip import FUSION_TYPES, EsamBlipConfig
+
+
+def blip_tokens_to_grid(blip_tokens: Tensor, grid_size: int) -> Tensor:
+    """
+    Align BLIP patch tokens with the EfficientSAM grid. Both encoders see the whole image resized to a square (aspect
+    ratio not kept), so the BLIP `g_b x g_b` patch grid is resized bilinearly (`align_corners=False`) to
+    `grid_size x grid_size`; the BLIP [CLS] token is dropped.
+
+    Args:
+        blip_tokens: `[B, 1 + g_b * g_b, D]` (BLIP ViT output, or a per-token projection of it).
+        grid_size: side `g_s` of the EfficientSAM grid.
+
+    Returns:
+        `[B, D, g_s, g_s]`.
+    """
+    num_patches = blip_tokens.shape[1] - 1 if blip_tokens.ndim == 3 else 0
+    side = math.isqrt(max(num_patches, 0))
+    if num_patches < 1 or side * side != num_patches:
+        raise ValueError(
+            "`blip_image_embeds` must have shape [batch, 1 + g*g, width] ([CLS] then a square patch grid), got "
+            f"{tuple(blip_tokens.shape)}."
+        )
+    grid = blip_tokens[:, 1:].transpose(1, 2).reshape(blip_tokens.shape[0], -1, side, side)
+    if side == grid_size:
+        return grid
+    return F.interpolate(grid, size=(grid_size, grid_size), mode="bilinear", align_corners=False)
+
+
+class EsamBlipZeroInitLinear(nn.Linear):
+    """The last layer of a residual branch: `EsamBlipPreTrainedModel._init_weights` sets it to zero."""
+
+
+class EsamBlipZeroInitConv2d(nn.Conv2d):
+    """The last convolution of a residual branch: `EsamBlipPreTrainedModel._init_weights` sets it to zero."""
+
+
+ZERO_INIT_LAYERS = (EsamBlipZeroInitLinear, EsamBlipZeroInitConv2d)
+
+
+class EsamBlipFusion(nn.Module):
+    """
+    Base of the fusion modules. Each adds residual branches to the EfficientSAM features, ended by zero-initialised
+    layers (`ZERO_INIT_LAYERS`), so a freshly added fusion is exactly the identity and training starts from the
+    pretrained behaviour.
+    """
+
+
+class EsamBlipConcatFusion(EsamBlipFusion):
+    """
+    `out = sam + conv_out(act(norm(conv_in(concat(sam, resize(blip))))))`: BLIP patch grid resized to the SAM grid,
+    channels concatenated, 1x1 conv to `hidden_size`, GroupNorm(1), activation, 3x3 conv back to `channels`.
+    """
+
+    def __init__(self, channels: int, blip_hidden_size: int, hidden_size: int, hidden_act: str = "gelu") -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(channels + blip_hidden_size, hidden_size, kernel_size=1)
+        self.norm = nn.GroupNorm(1, hidden_size)
+        self.act = ACT2FN[hidden_act]
+        self.conv_out = EsamBlipZeroInitConv2d(hidden_size, channels, kernel_size=3, padding=1)
+
+    def forward(self, image_embeddings: Tensor, blip_image_embeds: Tensor) -> Tensor:
+        """`image_embeddings [B, C, g_s, g_s]`, `blip_image_embeds [B, 1 + g_b², D]` → fused `[B, C, g_s, g_s]`."""
+        blip_grid = blip_tokens_to_grid(blip_image_embeds, image_embeddings.shape[-1]).to(image_embeddings.dtype)
+        hidden = self.conv_in(torch.cat([image_embeddings, blip_grid], dim=1))
+        return image_embeddings + self.conv_out(self.act(self.norm(hidden)))
+
+
+class EsamBlipCrossAttentionFusion(EsamBlipFusion):
+    """
+    `out = sam + out_proj(attention(q = LN(sam tokens), k = v = LN(blip tokens)))`: every SAM grid cell attends to
+    all BLIP tokens ([CLS] included), pre-norm, `num_heads` heads of width `hidden_size // num_heads`.
+    """
+
+    def __init__(self, channels: int, blip_hidden_size: int, hidden_size: int, num_heads: int) -> None:
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"`num_heads` ({num_heads}) must divide `hidden_size` ({hidden_size}).")
+        self.num_heads = num_heads
+        self.layer_norm = nn.LayerNorm(channels)
+        self.blip_layer_norm = nn.LayerNorm(blip_hidden_size)
+        self.q_proj = nn.Linear(channels, hidden_size)
+        self.k_proj = nn.Linear(blip_hidden_size, hidden_size)
+        self.v_proj = nn.Linear(blip_hidden_size, hidden_size)
+        self.out_proj = EsamBlipZeroInitLinear(hidden_size, channels)
+
+    def _split_heads(self, hidden_states: Tensor) -> Tensor:
+        batch_size, seq_len, width = hidden_states.shape
+        return hidden_states.reshape(batch_size, seq_len, self.num_heads, width // self.num_heads).transpose(1, 2)
+
+    def forward(self, image_embeddings: Tensor, blip_image_embeds: Tensor) -> Tensor:
+        """`image_embeddings [B, C, g_s, g_s]`, `blip_image_embeds [B, N, D]` → fused `[B, C, g_s, g_s]`."""
+        batch_size, channels, height, width = image_embeddings.shape
+        tokens = image_embeddings.flatten(2).transpose(1, 2)
+        blip_tokens = self.blip_layer_norm(blip_image_embeds.to(image_embeddings.dtype))
+        query = self._split_heads(self.q_proj(self.layer_norm(tokens)))
+        key = self._split_heads(self.k_proj(blip_tokens))
+        value = self._split_heads(self.v_proj(blip_tokens))
+        attended = F.scaled_dot_product_attention(query, key, value).transpose(1, 2).flatten(2)
+        update = self.out_proj(attended).transpose(1, 2).reshape(batch_size, channels, height, width)
+        return image_embeddings + update
+
+
+class EsamBlipAdapter(nn.Module):
+    """Bottleneck adapter on the last axis: `up(act(down(x)))`, `up` zero-initialised."""
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, hidden_act: str = "gelu") -> None:
+        super().__init__()
+        self.down = nn.Linear(input_size, hidden_size)
+        self.act = ACT2FN[hidden_act]
+        self.up = EsamBlipZeroInitLinear(hidden_size, output_size)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.up(self.act(self.down(hidden_states)))
+
+
+class EsamBlipAdapterFusion(EsamBlipFusion):
+    """
+    `out = sam + sam_adapter(sam) + resize(blip_adapter(blip patches))`: a light bottleneck adapter on each stream
+    (per grid cell / per token), the BLIP one mapping to the SAM channels, summed on the SAM grid.
+    """
+
+    def __init__(self, channels: int, blip_hidden_size: int, hidden_size: int, hidden_act: str = "gelu") -> None:
+        super().__init__()
+        self.sam_adapter = EsamBlipAdapter(channels, hidden_size, channels, hidden_act)
+        self.blip_adapter = EsamBlipAdapter(blip_hidden_size, hidden_size, channels, hidden_act)
+
+    def forward(self, image_embeddings: Tensor, blip_image_embeds: Tensor) -> Tensor:
+        """`image_embeddings [B, C, g_s, g_s]`, `blip_image_embeds [B, 1 + g_b², D]` → fused `[B, C, g_s, g_s]`."""
+        sam_update = self.sam_adapter(image_embeddings.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        # Adapting the tokens before resizing keeps the interpolation at C channels instead of D.
+        blip_update = blip_tokens_to_grid(
+            self.blip_adapter(blip_image_embeds.to(image_embeddings.dtype)), image_embeddings.shape[-1]
+        )
+        return image_embeddings + sam_update + blip_update
+
+
+class EsamBlipMultilevelFusion(EsamBlipFusion):
+    """
+    Two streams fused by addition inside the EfficientSAM ViT (after DIFNet): the BLIP patch tokens, layer-normed and
+    projected to the ViT width, resized to the ViT grid, are added to the hidden states after block `fusion_layer`
+    (`EfficientSamVisionEncoder.forward(..., fused_features=..., fusion_layer=...)`). The blocks after it and the neck
+    see both streams. This module only makes the additive term; it needs `pixel_values`, not cached embeddings.
+    """
+
+    def __init__(self, vit_hidden_size: int, blip_hidden_size: int) -> None:
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(blip_hidden_size)
+        self.proj = EsamBlipZeroInitLinear(blip_hidden_size, vit_hidden_size)
+
+    def forward(self, blip_image_embeds: Tensor, grid_size: int) -> Tensor:
+        """`blip_image_embeds [B, 1 + g_b², D]` → additive ViT tokens `[B, g_s * g_s, W]` (row-major grid)."""
+        projected = self.proj(self.layer_norm(blip_image_embeds))
+        return blip_tokens_to_grid(projected, grid_size).flatten(2).transpose(1, 2)
+
+
+def build_fusion(config: EsamBlipConfig) -> EsamBlipFusion | None:
+    """The fusion module `config.fusion_type` asks for, or `None` for `"none"` (no parameters, no keys)."""
+    fusion_type = config.fusion_type
+    if fusion_type == "none":
+        return None
+    channels = config.sam_vision_config.output_channels
+    blip_width = config.vision_config.hidden_size
+    if fusion_type == "concat":
+        return EsamBlipConcatFusion(channels, blip_width, config.fusion_hidden_size)
+    if fusion_type == "cross_attention":
+        return EsamBlipCrossAttentionFusion(
+            channels, blip_width, config.fusion_hidden_size, config.fusion_num_attention_heads
+        )
+    if fusion_type == "adapter":
+        return EsamBlipAdapterFusion(channels, blip_width, config.fusion_hidden_size)
+    if fusion_type == "multilevel":
+        return EsamBlipMultilevelFusion(config.sam_vision_config.hidden_size, blip_width)
+    raise ValueError(f"`fusion_type` must be one of {FUSION_TYPES}, got {fusion_type!r}.")
+
+
+__all__ = [
+    "ZERO_INIT_LAYERS",
+    "EsamBlipAdapter",
+    "EsamBlipAdapterFusion",
+    "EsamBlipConcatFusion",
+    "EsamBlipCrossAttentionFusion",
+    "EsamBlipFusion",
+    "EsamBlipMultilevelFusion",
+    "EsamBlipZeroInitConv2d",
+    "EsamBlipZeroInitLinear",
+    "blip_tokens_to_grid",
+    "build_fusion",
+]
