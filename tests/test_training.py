@@ -1,0 +1,275 @@
+"""Training entry point: a short run lowers the loss and saves a loadable checkpoint, resume, freezing, CLI, 2 processes."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from test_fusion import tiny_joint_config
+from transformers import AutoModel, AutoModelForMaskGeneration, AutoProcessor
+
+from transformers_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipModel, EsamBlipProcessor
+from transformers_esam_blip.data import synthetic_referring_dataset
+from transformers_esam_blip.training import (
+    FREEZE_PRESETS,
+    LABEL_NAMES,
+    EsamBlipTrainingCollator,
+    apply_freezing,
+    build_parser,
+    build_trainer,
+    low_res_mask_size,
+    main,
+    tiny_processor,
+    training_arguments,
+)
+from transformers_esam_blip.training import _training_arguments as cli_training_arguments
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+# Small scenes keep the data quick to make; the tiny model resizes them to 64² anyway.
+SCENE_ARGS = ["--dataset", "synthetic", "--num_scenes", "4", "--scene_size", "64"]
+PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json", "tokenizer.json")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> datasets.Dataset:
+    """8 scenes at 64² (28 rows, a quarter of them absent objects)."""
+    cache = tmp_path_factory.mktemp("data")
+    return synthetic_referring_dataset(
+        8, seed=0, cache_dir=str(cache), progress=False, image_size=64, min_side=16, max_side=32
+    )
+
+
+def _trainable(model: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+
+
+def _count(*modules: torch.nn.Module) -> int:
+    return sum(parameter.numel() for module in modules for parameter in module.parameters())
+
+
+def test_short_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path, dataset):
+    processor = tiny_processor()
+    model = EsamBlipForPromptableSegmentation(tiny_joint_config(prompter_source="text"))
+    assert apply_freezing(model, "all") == _count(model)
+    trainer = build_trainer(
+        model,
+        processor,
+        dataset,
+        output_dir=tmp_path / "out",
+        max_steps=40,
+        learning_rate=5e-3,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        save_steps=20,
+        disable_tqdm=True,
+    )
+    trainer.train()
+    trainer.save_model()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 40
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, f"loss did not drop: first five {losses[:5]}, last five {losses[-5:]}"
+
+    for folder in (tmp_path / "out", tmp_path / "out" / "checkpoint-40"):
+        assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+        assert all((folder / name).is_file() for name in PROCESSOR_FILES), sorted(os.listdir(folder))
+    assert (tmp_path / "out" / "checkpoint-20" / "processor_config.json").is_file()
+    loaded = AutoModel.from_pretrained(tmp_path / "out")
+    assert isinstance(loaded, EsamBlipModel) and loaded.prompter is not None
+    trained = model.model.state_dict()
+    assert all(torch.equal(value, trained[key]) for key, value in loaded.state_dict().items())
+    assert isinstance(AutoModelForMaskGeneration.from_pretrained(tmp_path / "out"), EsamBlipForPromptableSegmentation)
+    reloaded_processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    assert isinstance(reloaded_processor, EsamBlipProcessor)
+    assert reloaded_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+
+
+def test_trainer_settings(tmp_path, dataset):
+    processor = tiny_processor()
+    model = EsamBlipForPromptableSegmentation(tiny_joint_config(prompter_source="itm"))
+    trainer = build_trainer(model, processor, dataset, eval_dataset=dataset, output_dir=tmp_path, save_steps=7)
+    assert trainer.args.label_names == LABEL_NAMES and trainer.args.remove_unused_columns is False
+    assert trainer.args.eval_strategy == "steps" and trainer.args.eval_steps == 7
+    assert trainer.processing_class is processor  # Trainer saves it into every checkpoint
+    assert not trainer.model_accepts_loss_kwargs  # the loss is a mean: no rescaling by the number of processes
+    batch = trainer.data_collator([dataset[0], dataset[1]])
+    assert isinstance(trainer.data_collator, EsamBlipTrainingCollator) and batch["text_prompt_mode"] == "learned"
+    assert low_res_mask_size(model.config) == 32 and batch["labels"].shape == (2, 1, 32, 32)
+    metrics = trainer.evaluate()  # the `evaluate` metric through preprocess_logits_for_metrics
+    assert {"eval_loss", "eval_mean_iou", "eval_precision@0.5", "eval_itm_accuracy", "eval_itm_roc_auc"} <= set(metrics)
+    with pytest.raises(ValueError, match=r"`label_names` must be \['labels', 'match_labels'\]"):
+        training_arguments(tmp_path, label_names=["labels"])
+    with pytest.raises(ValueError, match=r"needs a learned text prompter"):
+        build_trainer(EsamBlipForPromptableSegmentation(tiny_joint_config()), processor, dataset, output_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"either `args` or `output_dir`"):
+        build_trainer(model, processor, dataset, output_dir=tmp_path, args=trainer.args)
+
+
+def test_cli_push_to_hub_arguments(tmp_path):
+    argv = ["--config", "tiny", *SCENE_ARGS, "--output_dir", str(tmp_path), "--push_to_hub", "me/esam-blip-tiny"]
+    args = cli_training_arguments(build_parser().parse_args(argv))
+    assert args.push_to_hub and args.hub_model_id == "me/esam-blip-tiny"
+    assert not cli_training_arguments(build_parser().parse_args(argv[:-2])).push_to_hub
+
+
+def test_resume_continues_the_global_step(tmp_path, capsys):
+    output = tmp_path / "out"
+    argv = [
+        "--config",
+        "tiny",
+        *SCENE_ARGS,
+        "--cache_dir",
+        str(tmp_path / "data"),
+        "--output_dir",
+        str(output),
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "5e-3",
+        "--logging_steps",
+        "2",
+        "--save_steps",
+        "2",
+    ]
+    assert main([*argv, "--max_steps", "4"]) == 0
+    first_checkpoint = (output / "checkpoint-4" / "model.safetensors").stat().st_mtime_ns
+    assert main([*argv, "--max_steps", "8", "--resume_from_checkpoint"]) == 0
+    state = json.loads((output / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [2, 4, 6, 8]
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == [f"checkpoint-{n}" for n in (2, 4, 6, 8)]
+    # Resumed, not restarted: the first run's checkpoints are not written again.
+    assert (output / "checkpoint-4" / "model.safetensors").stat().st_mtime_ns == first_checkpoint
+    err = capsys.readouterr().err
+    assert "Trained to step 4" in err and "Trained to step 8" in err
+    assert isinstance(AutoModel.from_pretrained(output), EsamBlipModel)
+
+
+@pytest.mark.parametrize("preset", FREEZE_PRESETS)
+def test_freezing_presets_count_parameters(preset):
+    model = EsamBlipForPromptableSegmentation(tiny_joint_config(prompter_source="text", fusion_type="adapter"))
+    base = model.model
+    expected = {
+        "decoder": [base.sam.mask_decoder],
+        "prompter_fusion": [base.prompter, base.fusion],
+        "all": [model],
+    }[preset]
+    apply_freezing(model, "all" if preset != "all" else "decoder")  # a preset replaces the previous choice
+    count = apply_freezing(model, preset)
+    assert count == _count(*expected) == _trainable(model)
+    assert 0 < count <= _count(model)
+    if preset == "decoder":
+        assert not any(p.requires_grad for p in base.sam.vision_encoder.parameters())
+        assert not any(p.requires_grad for p in base.prompter.parameters())
+
+
+def test_freezing_errors():
+    model = EsamBlipForPromptableSegmentation(tiny_joint_config())
+    with pytest.raises(
+        ValueError, match=r"`preset` must be one of \('decoder', 'prompter_fusion', 'all'\), got 'head'"
+    ):
+        apply_freezing(model, "head")
+    with pytest.raises(ValueError, match=r"trains the learned text prompter and the encoder fusion.*has neither"):
+        apply_freezing(model, "prompter_fusion")
+    # Only the fusion: the preset trains what exists.
+    fused = EsamBlipForPromptableSegmentation(tiny_joint_config(fusion_type="concat"))
+    assert apply_freezing(fused, "prompter_fusion") == _count(fused.model.fusion)
+
+
+@pytest.fixture(scope="module")
+def no_prompter_checkpoint(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("checkpoint")
+    EsamBlipForPromptableSegmentation(tiny_joint_config()).save_pretrained(folder)
+    tiny_processor().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], r"one of the arguments --model --config is required"),
+        (["--config", "tiny", "--freeze", "head"], r"argument --freeze: invalid choice: 'head'"),
+        (["--config", "tiny", "--max_steps", "0"], r"--max_steps must be >= 1 \(or -1"),
+        (["--config", "tiny", "--num_scenes", "0"], r"--num_scenes must be >= 1, got 0"),
+        (["--model", "/no/such/model"], r"--model /no/such/model does not exist"),
+        (["--config", "tiny", "--resume_from_checkpoint"], r"No valid checkpoint found in output directory"),
+        (
+            ["--config", "tiny", "--resume_from_checkpoint", "/no/such/ckpt"],
+            r"/no/such/ckpt is not a checkpoint folder",
+        ),
+        (["--config", "tiny", "--freeze", "prompter_fusion", "--prompter_source", "text"], None),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, capsys, extra, message):
+    argv = [*SCENE_ARGS, "--cache_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"), *extra]
+    if message is None:  # a valid command for contrast: it trains
+        assert main([*argv, "--max_steps", "1"]) == 0
+        return
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ")
+    assert re.search(message, err[-1]), err[-1]
+
+
+def test_cli_model_without_prompter(tmp_path, capsys, no_prompter_checkpoint):
+    argv = ["--model", str(no_prompter_checkpoint), *SCENE_ARGS, "--cache_dir", str(tmp_path / "data")]
+    argv += ["--output_dir", str(tmp_path / "out"), "--max_steps", "1"]
+    assert main(argv) == 2
+    assert "needs a learned prompter, but --model" in capsys.readouterr().err
+    # Adding a prompter and a fusion to the checkpoint and training only them.
+    assert main([*argv, "--prompter_source", "itm", "--fusion_type", "adapter", "--freeze", "prompter_fusion"]) == 0
+    assert "parameters train (--freeze prompter_fusion)" in capsys.readouterr().err
+    config = AutoModel.from_pretrained(tmp_path / "out").config
+    assert config.prompter_source == "itm" and config.fusion_type == "adapter"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("launcher", "processes"),
+    [(["--multi_gpu"], 2), (["--cpu"], 1)],
+    ids=["multi-process-gloo", "accelerate-cpu-flag"],
+)
+def test_accelerate_launch_two_processes(tmp_path, launcher, processes):
+    """
+    `accelerate launch --num_processes 2`: with `--multi_gpu` (torchrun underneath; gloo on the CPU) two processes
+    train; with `--cpu` accelerate 1.x starts one process without an MPI hostfile, and the command says so.
+    """
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += ["--main_process_port", str(_free_port()), "-m", "transformers_esam_blip.training"]
+    command += ["--config", "tiny", *SCENE_ARGS, "--cache_dir", str(tmp_path / "data"), "--output_dir", str(output)]
+    command += ["--max_steps", "4", "--save_steps", "2", "--logging_steps", "2", "--per_device_train_batch_size", "2"]
+    command += ["--use_cpu"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        "HF_HOME": str(tmp_path / "hf"),  # no accelerate config file of this machine's user changes the launch
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{processes} process(es) on cpu" in done.stderr, done.stderr[-3000:]
+    assert ("starts one process whatever --num_processes says" in done.stderr) == (processes == 1)
+    state = json.loads((output / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    # Each step takes 2 rows per process: the epoch count shows how many processes shared the data.
+    rows = int(re.search(r"(\d+) training examples", done.stderr).group(1))
+    assert state["epoch"] == pytest.approx(4 * 2 * processes / rows)
+    for folder in (output, output / "checkpoint-4"):
+        assert (folder / "model.safetensors").is_file() and (folder / "processor_config.json").is_file()
+    assert isinstance(AutoModel.from_pretrained(output / "checkpoint-4"), EsamBlipModel)
