@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from transformers_esam_blip import EsamBlipConfig
+from transformers_esam_blip.training import tiny_sam_config_kwargs
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 EFFICIENTSAM_FIXTURE = FIXTURES / "efficientsam" / "visible_vits_d1"
@@ -14,29 +15,6 @@ LAVIS_FIXTURE = FIXTURES / "lavis_blip_itm" / "fixture_C"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: end-to-end checks that take more than a few seconds (still run in CI)")
-
-
-def tiny_sam_config_kwargs() -> dict:
-    """EfficientSAM sub-configs small enough for unit tests: 64x64 input, 8x8 embedding grid, 32x32 masks."""
-    return {
-        "sam_vision_config": {
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 64,
-            "patch_size": 8,
-            "pretrain_image_size": 32,
-            "neck_hidden_sizes": [16, 16],
-        },
-        "prompt_encoder_config": {"hidden_size": 16, "image_size": 64, "image_embedding_size": 8},
-        "mask_decoder_config": {
-            "hidden_size": 16,
-            "num_attention_heads": 2,
-            "mlp_dim": 32,
-            "iou_head_hidden_dim": 16,
-            "upscaling_hidden_sizes": [8, 4],
-        },
-    }
 
 
 def tiny_sam_config(**overrides) -> EsamBlipConfig:

@@ -221,14 +221,10 @@ def tiny_processor() -> EsamBlipProcessor:
     return EsamBlipProcessor(EsamBlipImageProcessor(sam_image_size=64, blip_image_size=32), tokenizer=tokenizer)
 
 
-def tiny_config(processor: EsamBlipProcessor, **overrides: Any) -> EsamBlipConfig:
-    """
-    The built-in `tiny` config (for tests and smoke runs, random weights): EfficientSAM with a 2-block, width-32 ViT
-    on 64² images (8x8 embedding grid, 32x32 masks) and a BLIP half with a 1-block ViT on 32² images and a 2-layer
-    text encoder sized to `processor`'s tokenizer.
-    """
-    tokenizer = processor.tokenizer
-    config = {
+
+def tiny_sam_config_kwargs() -> dict:
+    """EfficientSAM sub-configs of the built-in `tiny` model: 64x64 input, 8x8 embedding grid, 32x32 masks."""
+    return {
         "sam_vision_config": {
             "hidden_size": 32,
             "num_hidden_layers": 2,
@@ -246,6 +242,17 @@ def tiny_config(processor: EsamBlipProcessor, **overrides: Any) -> EsamBlipConfi
             "iou_head_hidden_dim": 16,
             "upscaling_hidden_sizes": [8, 4],
         },
+    }
+
+def tiny_config(processor: EsamBlipProcessor, **overrides: Any) -> EsamBlipConfig:
+    """
+    The built-in `tiny` config (for tests and smoke runs, random weights): EfficientSAM with a 2-block, width-32 ViT
+    on 64² images (8x8 embedding grid, 32x32 masks) and a BLIP half with a 1-block ViT on 32² images and a 2-layer
+    text encoder sized to `processor`'s tokenizer.
+    """
+    tokenizer = processor.tokenizer
+    config = {
+        **tiny_sam_config_kwargs(),
         "vision_config": {
             "hidden_size": 32,
             "num_hidden_layers": 1,
@@ -502,9 +509,9 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = [
     "BUILTIN_CONFIGS",
+    "EsamBlipTrainingCollator",
     "FREEZE_PRESETS",
     "LABEL_NAMES",
-    "EsamBlipTrainingCollator",
     "apply_freezing",
     "build_parser",
     "build_trainer",
@@ -512,6 +519,7 @@ __all__ = [
     "main",
     "tiny_config",
     "tiny_processor",
+    "tiny_sam_config_kwargs",
     "training_arguments",
 ]
 
