@@ -346,15 +346,14 @@ def run_itm(args: argparse.Namespace) -> dict[str, Any]:
 COMMANDS = {"segment": run_segment, "everything": run_everything, "itm": run_itm}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the `esam-blip` command with `argv` (default: `sys.argv[1:]`); returns the exit status."""
-    parser = build_parser()
+def run_command(parser: argparse.ArgumentParser, action, argv: list[str] | None) -> int:
+    """Parse `argv` and run `action(args)`; errors become one `error: ...` line and `EXIT_ERROR`."""
     try:
         try:
             args = parser.parse_args(argv)
         except SystemExit as done:  # --help
             return int(done.code or 0)
-        _write_json(args.json, COMMANDS[args.command](args))
+        action(args)
     except (CliError, ValueError, TypeError, OSError) as error:
         # Library errors name the argument and the fix already; one line keeps them readable in a terminal.
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
@@ -362,7 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["CliError", "build_parser", "main", "parse_box", "parse_point"]
+def main(argv: list[str] | None = None) -> int:
+    """Run the `esam-blip` command with `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    return run_command(build_parser(), lambda args: _write_json(args.json, COMMANDS[args.command](args)), argv)
+
+
+__all__ = ["CliError", "build_parser", "main", "parse_box", "parse_point", "run_command"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,7 @@ import datasets
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
-from .cli import EXIT_ERROR, CliError, _load_config, _looks_like_hub_id, _Parser
+from .cli import CliError, _load_config, _looks_like_hub_id, _Parser, run_command
 from .configuration_esam_blip import FUSION_TYPES, PROMPTER_SOURCES, EsamBlipConfig
 from .data import (
     COLOURS,
@@ -493,18 +493,7 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the training command with `argv` (default: `sys.argv[1:]`); returns the exit status."""
-    parser = build_parser()
-    try:
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit as done:  # --help
-            return int(done.code or 0)
-        _run(args)
-    except (CliError, ValueError, TypeError, OSError) as error:
-        # Library errors name the argument and the fix already; one line keeps them readable in a terminal.
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return EXIT_ERROR
-    return 0
+    return run_command(build_parser(), _run, argv)
 
 
 __all__ = [
