@@ -6,11 +6,10 @@ process so the ratios compare like with like; the matmul rate is measured in the
     python benchmarks/bench_efficient_sam.py [--repeats 3] [--threads N]
 """
 
-import argparse
 import statistics
-import time
 
 import torch
+from common import benchmark_arguments, wall_times
 
 from transformers_esam_blip import EsamBlipConfig, EsamBlipForPromptableSegmentation
 
@@ -18,12 +17,7 @@ from transformers_esam_blip import EsamBlipConfig, EsamBlipForPromptableSegmenta
 def timed(fn, repeats: int) -> float:
     """Median wall time of `fn()` over `repeats` runs after one warm-up."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(wall_times(fn, repeats))
 
 
 def best_matmul_flops(repeats: int) -> float:
@@ -49,13 +43,7 @@ def encoder_flops(config: EsamBlipConfig) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = benchmark_arguments(__doc__.splitlines()[0])
 
     config = EsamBlipConfig(sam_vision_config={"hidden_size": 192, "num_attention_heads": 3})
     model = EsamBlipForPromptableSegmentation(config).eval()

@@ -8,12 +8,10 @@ and one caption. The LAVIS-style baseline runs the ViT with autograd, calls `bac
     python benchmarks/bench_gradcam.py [--repeats 3] [--threads N]
 """
 
-import argparse
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from common import benchmark_arguments, wall_times
 
 from transformers_esam_blip import EsamBlipConfig, EsamBlipForImageTextMatching
 from transformers_esam_blip.gradcam import gradcam_from_cross_attention
@@ -70,24 +68,8 @@ def lavis_style_gradcam(
     return gradcam
 
 
-def timed(fn: Callable[[], torch.Tensor], repeats: int) -> list[float]:
-    """Wall times of `fn()` over `repeats` runs (no warm-up: the caller interleaves and warms up)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = benchmark_arguments(__doc__.splitlines()[0])
 
     model = EsamBlipForImageTextMatching(blip_base_config()).eval()
     blip = model.model.blip
@@ -106,8 +88,8 @@ def main() -> None:
     difference = (ours() - reference).abs().max().item()
     ours_times, lavis_times = [], []
     for _ in range(args.repeats):
-        lavis_times += timed(lavis, 1)
-        ours_times += timed(ours, 1)
+        lavis_times += wall_times(lavis, 1)
+        ours_times += wall_times(ours, 1)
     ours_median, lavis_median = statistics.median(ours_times), statistics.median(lavis_times)
 
     parameters = sum(p.numel() for p in blip.parameters()) / 1e6

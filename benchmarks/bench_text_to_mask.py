@@ -10,34 +10,22 @@ All in one process, interleaved; the masks of both paths must agree.
     python benchmarks/bench_text_to_mask.py [--repeats 3] [--threads N]
 """
 
-import argparse
 import statistics
-import time
 
 import torch
 from bench_gradcam import blip_base_config, lavis_style_gradcam
+from common import benchmark_arguments, wall_times
 
 from transformers_esam_blip import EsamBlipForPromptableSegmentation
 from transformers_esam_blip.text_prompting import heatmap_to_prompts
 
 
 def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(wall_times(fn, repeats))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = benchmark_arguments(__doc__.splitlines()[0])
     config = blip_base_config(sam_vision_config={"hidden_size": 192, "num_attention_heads": 3})
     model = EsamBlipForPromptableSegmentation(config).eval()
     blip = model.model.blip
