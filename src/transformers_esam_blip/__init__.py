@@ -13,6 +13,7 @@ from transformers import (
 )
 
 from . import pipelines  # noqa: F401  registers pipeline("text-prompted-segmentation")
+from .builtin import BUILTIN_MODELS, DEFAULT_BUILTIN_MODEL, builtin_model_path
 from .configuration_esam_blip import (
     EfficientSamMaskDecoderConfig,
     EfficientSamPromptEncoderConfig,
@@ -44,6 +45,8 @@ EsamBlipImageProcessor.register_for_auto_class("AutoImageProcessor")
 EsamBlipProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
+    "BUILTIN_MODELS",
+    "DEFAULT_BUILTIN_MODEL",
     "EfficientSamMaskDecoderConfig",
     "EfficientSamPromptEncoderConfig",
     "EfficientSamVisionConfig",
@@ -56,4 +59,5 @@ __all__ = [
     "EsamBlipProcessor",
     "EsamBlipSegmentationOutput",
     "__version__",
+    "builtin_model_path",
 ]

@@ -5,6 +5,8 @@ from typing import Any
 from transformers import BlipTextConfig, BlipVisionConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .builtin import BuiltinNamesMixin
+
 
 class EfficientSamVisionConfig(PreTrainedConfig):
     r"""
@@ -157,7 +159,7 @@ _SUB_CONFIG_CLASSES: dict[str, type[PreTrainedConfig]] = {
 }
 
 
-class EsamBlipConfig(PreTrainedConfig):
+class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
     r"""
     Composite configuration of [`EsamBlipModel`]. Either half may be absent: a segmentation-only checkpoint has no
     `vision_config`/`text_config`, a matching-only checkpoint has no `sam_vision_config`/`prompt_encoder_config`/

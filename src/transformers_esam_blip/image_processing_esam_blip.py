@@ -20,7 +20,13 @@ from transformers.image_utils import (
 )
 from transformers.utils import TensorType
 
-from .mask_generation_utils import build_point_grid, compute_crop_boxes, deduplicate_masks, filter_crop_masks
+from .builtin import BuiltinNamesMixin
+from .mask_generation_utils import (
+    build_point_grid,
+    compute_crop_boxes,
+    deduplicate_masks,
+    filter_crop_masks,
+)
 
 ImageLike = PIL.Image.Image | np.ndarray | torch.Tensor
 SizeLike = torch.Tensor | np.ndarray | Sequence[Sequence[int]]
@@ -104,7 +110,7 @@ def _rescale_coordinates(coords: torch.Tensor, original_size: tuple[int, int], t
     return torch.stack([coords[..., 0] * target_size / width, coords[..., 1] * target_size / height], dim=-1)
 
 
-class EsamBlipImageProcessor(BaseImageProcessor):
+class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
     r"""
     Image processor of [`EsamBlipModel`]. Produces the EfficientSAM input (square resize, no aspect ratio kept) and,
     when `blip_image_size` is set, the BLIP input (LAVIS `BlipImageEvalProcessor`); rescales point and box prompts

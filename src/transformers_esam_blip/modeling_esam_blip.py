@@ -8,6 +8,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
+from .builtin import BuiltinNamesMixin
 from .configuration_esam_blip import EsamBlipConfig
 from .fusion import ZERO_INIT_LAYERS, build_fusion
 from .gradcam import pnp_vqa_gradcams
@@ -76,7 +77,7 @@ class EsamBlipSegmentationOutput(ModelOutput):
     blip_image_embeds: torch.FloatTensor | None = None
 
 
-class EsamBlipPreTrainedModel(PreTrainedModel):
+class EsamBlipPreTrainedModel(BuiltinNamesMixin, PreTrainedModel):
     config: EsamBlipConfig
     config_class = EsamBlipConfig
     base_model_prefix = "model"

@@ -11,6 +11,7 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import PROCESSOR_NAME, TensorType, cached_file
 
+from .builtin import BuiltinNamesMixin
 from .image_processing_esam_blip import EsamBlipImageProcessor, ImageLike
 
 ENC_TOKEN = "[ENC]"
@@ -54,7 +55,7 @@ def build_blip_tokenizer(vocab_or_dir: str | os.PathLike = "bert-base-uncased") 
     return tokenizer
 
 
-class EsamBlipProcessor(ProcessorMixin):
+class EsamBlipProcessor(BuiltinNamesMixin, ProcessorMixin):
     r"""
     Joint processor of [`EsamBlipModel`]: an [`EsamBlipImageProcessor`] for images and point/box prompts, and a BLIP
     BERT tokenizer (with `[DEC]` and `[ENC]`, see [`build_blip_tokenizer`]) for text. The tokenizer is optional: a

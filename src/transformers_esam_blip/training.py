@@ -41,7 +41,7 @@ from .modeling_esam_blip import TEXT_PROMPT_MODES, EsamBlipForPromptableSegmenta
 from .processing_esam_blip import ENC_TOKEN, EsamBlipProcessor, build_blip_tokenizer
 
 FREEZE_PRESETS = ("decoder", "prompter_fusion", "all")
-BUILTIN_CONFIGS = ("tiny",)
+BUILTIN_CONFIGS = ("tiny", "shapes")
 # Trainer otherwise also takes `input_labels` (a forward argument whose name holds "label") for a label.
 LABEL_NAMES = ["labels", "match_labels"]
 # Side of the square synthetic scenes; object sides scale with it (32..96 at the generator's default of 256).
@@ -210,16 +210,26 @@ def build_trainer(
     return trainer
 
 
-def tiny_processor() -> EsamBlipProcessor:
-    """The processor of the built-in `tiny` config: 64² EfficientSAM input, 32² BLIP input, the synthetic vocabulary."""
+def synthetic_processor(sam_image_size: int, blip_image_size: int) -> EsamBlipProcessor:
+    """A processor for the synthetic task: the given input sides and a BLIP tokenizer over the task's vocabulary."""
     words = {word for template in EXPRESSION_TEMPLATES for word in template.split() if not word.startswith("{")}
     vocabulary = [*_SPECIAL_TOKENS, *sorted(words), *COLOURS, *SHAPES]
     with tempfile.TemporaryDirectory() as folder:  # the BLIP tokenizer builder reads a vocab.txt file
         vocab_file = Path(folder) / "vocab.txt"
         vocab_file.write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
         tokenizer = build_blip_tokenizer(vocab_file)
-    return EsamBlipProcessor(EsamBlipImageProcessor(sam_image_size=64, blip_image_size=32), tokenizer=tokenizer)
+    image_processor = EsamBlipImageProcessor(sam_image_size=sam_image_size, blip_image_size=blip_image_size)
+    return EsamBlipProcessor(image_processor, tokenizer=tokenizer)
 
+
+def tiny_processor() -> EsamBlipProcessor:
+    """The processor of the built-in `tiny` config: 64² EfficientSAM input, 32² BLIP input, the synthetic vocabulary."""
+    return synthetic_processor(64, 32)
+
+
+def shapes_processor() -> EsamBlipProcessor:
+    """The processor of the built-in `shapes` config: 128² EfficientSAM and BLIP inputs, the synthetic vocabulary."""
+    return synthetic_processor(128, 128)
 
 
 def tiny_sam_config_kwargs() -> dict:
@@ -244,13 +254,26 @@ def tiny_sam_config_kwargs() -> dict:
         },
     }
 
+def _tokenizer_fields(processor: EsamBlipProcessor) -> tuple[dict[str, int], dict[str, int]]:
+    """The text-config fields and the joint-config fields that the tokenizer fixes."""
+    tokenizer = processor.tokenizer
+    text_fields = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+    }
+    joint_fields = {"enc_token_id": tokenizer.convert_tokens_to_ids(ENC_TOKEN), "max_txt_len": processor.max_txt_len}
+    return text_fields, joint_fields
+
+
 def tiny_config(processor: EsamBlipProcessor, **overrides: Any) -> EsamBlipConfig:
     """
     The built-in `tiny` config (for tests and smoke runs, random weights): EfficientSAM with a 2-block, width-32 ViT
     on 64² images (8x8 embedding grid, 32x32 masks) and a BLIP half with a 1-block ViT on 32² images and a 2-layer
     text encoder sized to `processor`'s tokenizer.
     """
-    tokenizer = processor.tokenizer
+    text_fields, joint_fields = _tokenizer_fields(processor)
     config = {
         **tiny_sam_config_kwargs(),
         "vision_config": {
@@ -260,23 +283,78 @@ def tiny_config(processor: EsamBlipProcessor, **overrides: Any) -> EsamBlipConfi
             "image_size": 32,
             "patch_size": 8,
             "intermediate_size": 64,
+            "initializer_range": 0.02,
         },
         "text_config": {
             "hidden_size": 32,
             "num_hidden_layers": 2,
             "num_attention_heads": 2,
             "intermediate_size": 64,
-            "vocab_size": len(tokenizer),
-            "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": tokenizer.bos_token_id,
-            "sep_token_id": tokenizer.sep_token_id,
+            **text_fields,
         },
         "gradcam_block_num": 1,
-        "enc_token_id": tokenizer.convert_tokens_to_ids(ENC_TOKEN),
-        "max_txt_len": processor.max_txt_len,
+        **joint_fields,
         **overrides,
     }
     return EsamBlipConfig(**config)
+
+
+def shapes_config(processor: EsamBlipProcessor, **overrides: Any) -> EsamBlipConfig:
+    """
+    The built-in `shapes` config, the architecture of the packaged `esam-blip-shapes` model (about 1.2M parameters):
+    EfficientSAM with a 4-block, width-96 ViT on 128² images (patch 8: 16x16 embedding grid of 64 channels, 64x64
+    masks) and a width-64 mask decoder; BLIP with a 3-block, width-96 ViT on 128² images (patch 16: 8x8 grid) and a
+    3-layer width-96 text encoder with cross-attention, whose [CLS] drives a learned text prompter.
+    """
+    text_fields, joint_fields = _tokenizer_fields(processor)
+    config = {
+        "sam_vision_config": {
+            "hidden_size": 96,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 3,
+            "mlp_ratio": 2.0,
+            "image_size": 128,
+            "patch_size": 8,
+            "pretrain_image_size": 128,
+            "neck_hidden_sizes": [64, 64],
+        },
+        "prompt_encoder_config": {"hidden_size": 64, "image_size": 128, "image_embedding_size": 16},
+        "mask_decoder_config": {
+            "hidden_size": 64,
+            "num_attention_heads": 2,
+            "mlp_dim": 128,
+            "iou_head_hidden_dim": 64,
+            "upscaling_hidden_sizes": [32, 16],
+        },
+        "vision_config": {
+            "hidden_size": 96,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 3,
+            "image_size": 128,
+            "patch_size": 16,
+            "intermediate_size": 192,
+            # BlipVisionConfig's default (1e-10) suits only weights loaded over it: a near-zero ViT trains badly.
+            "initializer_range": 0.02,
+        },
+        "text_config": {
+            "hidden_size": 96,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 3,
+            "intermediate_size": 192,
+            **text_fields,
+        },
+        "image_text_hidden_size": 64,
+        "gradcam_block_num": 1,
+        "fusion_hidden_size": 64,
+        "fusion_num_attention_heads": 4,
+        "prompter_source": "text",
+        **joint_fields,
+        **overrides,
+    }
+    return EsamBlipConfig(**config)
+
+
+_BUILTIN = {"tiny": (tiny_processor, tiny_config), "shapes": (shapes_processor, shapes_config)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--config",
         choices=BUILTIN_CONFIGS,
-        help="random weights of a built-in config (tiny: 64² input, a text prompter unless --prompter_source)",
+        help="random weights of a built-in config (tiny: 64² input, for tests; shapes: 128² input, the packaged "
+        "esam-blip-shapes model); a text prompter unless --prompter_source",
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", required=True, help="'synthetic', or a folder / Hub id for load_referring_dataset")
@@ -302,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--eval_split", help="split of --eval_dataset to load")
     data.add_argument("--num_scenes", type=int, default=200, help="synthetic training scenes (default 200)")
     data.add_argument("--num_eval_scenes", type=int, default=20, help="synthetic evaluation scenes (default 20)")
+    data.add_argument(
+        "--absent_fraction",
+        type=float,
+        default=0.25,
+        help="synthetic data: expected fraction of absent expressions (empty mask, match label 0); default 0.25",
+    )
     data.add_argument("--scene_size", type=int, default=DEFAULT_SCENE_SIZE, help="side of the synthetic images")
     data.add_argument("--cache_dir", help="where `datasets` caches the data (its default cache otherwise)")
     model = parser.add_argument_group("model")
@@ -316,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning_rate", type=float, default=1e-4, help="default 1e-4")
     train.add_argument("--weight_decay", type=float, default=0.0, help="default 0")
     train.add_argument("--warmup_steps", type=int, default=0, help="default 0")
+    train.add_argument(
+        "--lr_scheduler_type", default="linear", help="a transformers scheduler name (linear, cosine, ...); default linear"
+    )
     train.add_argument("--per_device_train_batch_size", type=int, default=8, help="default 8")
     train.add_argument("--per_device_eval_batch_size", type=int, default=8, help="default 8")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="default 1")
@@ -349,6 +437,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise CliError(f"--max_steps must be >= 1 (or -1 to use --num_train_epochs), got {args.max_steps}")
     if args.scene_size < 16:
         raise CliError(f"--scene_size must be >= 16 pixels, got {args.scene_size}")
+    if not 0 <= args.absent_fraction < 1:
+        raise CliError(f"--absent_fraction must lie in [0, 1), got {args.absent_fraction}")
     if args.learning_rate <= 0:
         raise CliError(f"--learning_rate must be > 0, got {args.learning_rate}")
     if args.output_dir.exists() and not args.output_dir.is_dir():
@@ -376,7 +466,13 @@ def _load_dataset(
     if source == "synthetic":
         side = args.scene_size
         return synthetic_referring_dataset(
-            num_scenes, seed=seed, cache_dir=args.cache_dir, image_size=side, min_side=side // 8, max_side=3 * side // 8
+            num_scenes,
+            seed=seed,
+            absent_fraction=args.absent_fraction,
+            cache_dir=args.cache_dir,
+            image_size=side,
+            min_side=side // 8,
+            max_side=3 * side // 8,
         )
     if not Path(source).exists() and not _looks_like_hub_id(source):
         raise CliError(f"dataset {source} does not exist (give 'synthetic', a folder or a Hub dataset id)")
@@ -389,8 +485,9 @@ def _load_model(args: argparse.Namespace) -> tuple[EsamBlipForPromptableSegmenta
         name: getattr(args, name) for name in ("prompter_source", "fusion_type") if getattr(args, name) is not None
     }
     if args.config is not None:
-        processor = tiny_processor()
-        config = tiny_config(processor, **{"prompter_source": "text", **overrides})
+        make_processor, make_config = _BUILTIN[args.config]
+        processor = make_processor()
+        config = make_config(processor, **{"prompter_source": "text", **overrides})
         return EsamBlipForPromptableSegmentation(config), processor
     config = _load_config(args.model)
     if not (config.has_segmentation and config.has_blip):
@@ -421,6 +518,7 @@ def _training_arguments(args: argparse.Namespace) -> TrainingArguments:
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps,
+        lr_scheduler_type=args.lr_scheduler_type,
         per_device_train_batch_size=args.per_device_train_batch_size,
         per_device_eval_batch_size=args.per_device_eval_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -506,6 +604,9 @@ __all__ = [
     "build_trainer",
     "low_res_mask_size",
     "main",
+    "shapes_config",
+    "shapes_processor",
+    "synthetic_processor",
     "tiny_config",
     "tiny_processor",
     "tiny_sam_config_kwargs",

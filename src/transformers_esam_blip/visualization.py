@@ -277,6 +277,40 @@ def draw_text_result(
     return picture
 
 
+def draw_panels(pictures: list[Image.Image], titles: list[str] | None = None, columns: int = 4) -> Image.Image:
+    """
+    Pictures in a grid (row by row, `columns` per row), each under its own title band; cells take the size of the
+    largest picture.
+
+    Args:
+        pictures: `PIL.Image`s (e.g. from [`draw_masks`]).
+        titles: one string per picture (e.g. the prompt and its scores), or `None` for no bands.
+        columns: pictures per row, >= 1.
+
+    Returns:
+        A new RGB `PIL.Image`.
+    """
+    if not pictures:
+        raise ValueError("`pictures` must hold at least one image.")
+    if titles is not None and len(titles) != len(pictures):
+        raise ValueError(f"Got {len(titles)} titles for {len(pictures)} pictures.")
+    if columns < 1:
+        raise ValueError(f"`columns` must be >= 1, got {columns}.")
+    width = max(picture.width for picture in pictures)
+    height = max(picture.height for picture in pictures)
+    bands = [_title_band(title, width, height) for title in titles] if titles is not None else None
+    band_height = max(band.height for band in bands) if bands else 0
+    columns = min(columns, len(pictures))
+    rows = -(-len(pictures) // columns)
+    grid = Image.new("RGB", (columns * width, rows * (height + band_height)), (255, 255, 255))
+    for index, picture in enumerate(pictures):
+        x, y = (index % columns) * width, (index // columns) * (height + band_height)
+        if bands:
+            grid.paste(bands[index], (x, y))
+        grid.paste(picture.convert("RGB"), (x, y + band_height))
+    return grid
+
+
 def save_png(path: str | Path, picture: Image.Image) -> Path:
     """Write `picture` to `path` as PNG, creating the parent folders; returns the path."""
     path = Path(path)
@@ -335,6 +369,7 @@ def plot_text_result(image, mask, heatmap, ax=None, title: str | None = None, **
 __all__ = [
     "draw_heatmap",
     "draw_masks",
+    "draw_panels",
     "draw_text_result",
     "heatmap_to_image_size",
     "jet_colormap",
