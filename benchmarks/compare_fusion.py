@@ -9,9 +9,9 @@ same script), mIoU and precision@0.5 on present objects, ITM ROC-AUC.
 """
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
-import tempfile
 
 from transformers_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipProcessor
 from transformers_esam_blip.configuration_esam_blip import FUSION_TYPES

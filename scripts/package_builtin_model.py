@@ -84,7 +84,7 @@ it knows four colours (red, green, blue, yellow) and three shapes (circle, squar
 ## Test scores
 
 {args.test_scenes} fresh synthetic scenes (seed {DEFAULT_TEST_SEED}, never used in training), {num_rows} expressions
-({scores['num_present']} present, {scores['num_absent']} absent), masks scored at the images' 256x256 resolution
+({scores["num_present"]} present, {scores["num_absent"]} absent), masks scored at the images' 256x256 resolution
 (`python -m transformers_esam_blip.evaluation --model {args.name} --num_scenes {args.test_scenes}`):
 
 | metric | value |

@@ -181,3 +181,25 @@ def test_plots(image, mask):
     assert plot_text_result(image, mask, torch.rand(7, 7), ax=axes[2], title="a dog") is axes[2]
     assert axes[2].get_title() == "a dog"
     plt.close("all")
+
+
+def test_draw_panels_grid_and_errors():
+    from transformers_esam_blip.visualization import draw_panels
+
+    red = Image.new("RGB", (40, 30), (255, 0, 0))
+    blue = Image.new("RGB", (20, 30), (0, 0, 255))
+    grid = draw_panels([red, blue, red], ["a", "b", "c"], columns=2)
+    width, height = grid.size
+    assert width == 80 and height > 60  # 2 columns of the widest picture, 2 rows of picture + title band
+    band = (height - 60) // 2
+    assert grid.getpixel((5, band + 5)) == (255, 0, 0)
+    assert grid.getpixel((45, band + 5)) == (0, 0, 255)
+    assert grid.getpixel((65, band + 5)) == (255, 255, 255)  # the narrow picture leaves the rest of its cell white
+    assert grid.getpixel((5, 2 * band + 30 + 5)) == (255, 0, 0)
+    assert draw_panels([red]).size == (40, 30)  # no titles: no bands
+    with pytest.raises(ValueError, match="2 titles for 1 pictures"):
+        draw_panels([red], ["a", "b"])
+    with pytest.raises(ValueError, match="at least one"):
+        draw_panels([])
+    with pytest.raises(ValueError, match="columns"):
+        draw_panels([red], columns=0)

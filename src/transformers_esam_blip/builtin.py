@@ -50,8 +50,6 @@ def resolve_pretrained_name(name_or_path: str | os.PathLike) -> str | os.PathLik
     return name_or_path
 
 
-
-
 class BuiltinNamesMixin:
     """Lets `from_pretrained` of a config, model or processor class also take a built-in model's name."""
 
@@ -60,4 +58,10 @@ class BuiltinNamesMixin:
         return super().from_pretrained(resolve_pretrained_name(pretrained_model_name_or_path), *args, **kwargs)
 
 
-__all__ = ["BUILTIN_MODELS", "BuiltinNamesMixin", "DEFAULT_BUILTIN_MODEL", "builtin_model_path", "resolve_pretrained_name"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "BuiltinNamesMixin",
+    "DEFAULT_BUILTIN_MODEL",
+    "builtin_model_path",
+    "resolve_pretrained_name",
+]

@@ -20,11 +20,12 @@ import torch
 from transformers import pipeline
 from transformers.image_utils import load_image
 
+from .builtin import resolve_pretrained_name
 from .configuration_esam_blip import EsamBlipConfig
 from .modeling_esam_blip import EsamBlipForImageTextMatching, EsamBlipForPromptableSegmentation
 from .pipelines import TASK
 from .processing_esam_blip import EsamBlipProcessor
-from .visualization import draw_masks, draw_text_result, save_png
+from .visualization import draw_masks, draw_panels, draw_text_result, save_png
 
 EXIT_ERROR = 2
 # Point labels a user may give on the command line (box corners come from --box).
@@ -88,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(segment)
     segment.add_argument("--text", action="append", help="what to segment (repeat for several objects)")
     segment.add_argument(
+        "--text-prompt-mode",
+        dest="text_prompt_mode",
+        choices=("auto", "learned", "gradcam"),
+        default="auto",
+        help="how texts become prompts: the trained prompter (learned), Grad-CAM points (gradcam), or learned when "
+        "the model has a prompter (auto, default)",
+    )
+    segment.add_argument(
         "--points", nargs="+", type=parse_point, metavar="X,Y[,LABEL]", help="point prompts in image pixels"
     )
     segment.add_argument("--box", type=parse_box, metavar="X1,Y1,X2,Y2", help="box prompt in image pixels")
@@ -129,6 +138,7 @@ def _looks_like_hub_id(model: str) -> bool:
 
 
 def _load_config(model: str) -> EsamBlipConfig:
+    model = str(resolve_pretrained_name(model))  # a built-in model's name → its folder
     path = Path(model)
     if path.exists() and not path.is_dir():
         raise CliError(f"--model {model} is a file; give the converted checkpoint folder")
@@ -194,16 +204,19 @@ def segment_text(args: argparse.Namespace, image: PIL.Image.Image) -> dict[str, 
     """Text mode: the text pipeline; one picture row (mask | heatmap, with points and scores) per text."""
     _progress(f"Loading {args.model} ...")
     segmenter = pipeline(TASK, model=args.model, device=_device(args.device))
-    results = segmenter(image, args.text)
+    results = segmenter(image, args.text, text_prompt_mode=args.text_prompt_mode)
     rows, summary = [], []
     for result in results:
         verdict = "match" if result["is_match"] else "probably absent"
         title = f"{result['text']!r}: ITM {result['match_probability']:.2f} ({verdict}), predicted IoU {result['score']:.2f}"
-        rows.append(
-            draw_text_result(
-                image, result["mask"], result["heatmap"], result["points"], result["point_labels"], title=title
+        if result["heatmap"] is None:  # learned text prompts: no heatmap, no points
+            rows.append(draw_panels([draw_masks(image, result["mask"])], [title]))
+        else:
+            rows.append(
+                draw_text_result(
+                    image, result["mask"], result["heatmap"], result["points"], result["point_labels"], title=title
+                )
             )
-        )
         area = int(result["mask"].sum())
         print(f"{title}, mask {area} px")
         summary.append(
@@ -361,9 +374,14 @@ def run_command(parser: argparse.ArgumentParser, action, argv: list[str] | None)
     return 0
 
 
+def _run(args: argparse.Namespace) -> None:
+    args.model = str(resolve_pretrained_name(args.model))  # a built-in model's name → its folder
+    _write_json(args.json, COMMANDS[args.command](args))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `esam-blip` command with `argv` (default: `sys.argv[1:]`); returns the exit status."""
-    return run_command(build_parser(), lambda args: _write_json(args.json, COMMANDS[args.command](args)), argv)
+    return run_command(build_parser(), _run, argv)
 
 
 __all__ = ["CliError", "build_parser", "main", "parse_box", "parse_point", "run_command"]

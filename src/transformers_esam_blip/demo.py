@@ -81,11 +81,15 @@ def run_text_demo(
                 }
             )
             shown = f"{iou:.2f}" if iou is not None else "  -  "
-            print(f"{scene_id:>5}  {text:<22} {'yes' if target is not None else 'no':>7}  {probability:>10.3f}  {shown}")
+            print(
+                f"{scene_id:>5}  {text:<22} {'yes' if target is not None else 'no':>7}  {probability:>10.3f}  {shown}"
+            )
             pictures.append(draw_masks(image, mask))
             verdict = "match" if probability >= model.config.match_threshold else "no match"
             titles.append(f"{text}: {verdict} (p={probability:.2f})" + ("" if iou is None else f", IoU {iou:.2f}"))
-        save_png(output_dir / f"scene_{scene_id}.png", draw_panels([Image.fromarray(image), *pictures], ["input", *titles]))
+        save_png(
+            output_dir / f"scene_{scene_id}.png", draw_panels([Image.fromarray(image), *pictures], ["input", *titles])
+        )
     ious = [row["iou"] for row in rows if row["iou"] is not None]
     present_probs = [row["match_probability"] for row in rows if row["present"]]
     absent_probs = [row["match_probability"] for row in rows if not row["present"]]
@@ -132,7 +136,9 @@ def run_point_box_demo(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--model", default=DEFAULT_BUILTIN_MODEL, help=f"name, folder or Hub id (default {DEFAULT_BUILTIN_MODEL})")
+    parser.add_argument(
+        "--model", default=DEFAULT_BUILTIN_MODEL, help=f"name, folder or Hub id (default {DEFAULT_BUILTIN_MODEL})"
+    )
     parser.add_argument("--num_scenes", type=int, default=3, help="scenes to draw (default 3)")
     parser.add_argument("--seed", type=int, default=DEFAULT_DEMO_SEED, help=f"scene seed (default {DEFAULT_DEMO_SEED})")
     parser.add_argument("--output_dir", type=Path, default=Path("esam_blip_demo"), help="where the PNGs go")

@@ -122,11 +122,15 @@ def evaluate_referring_segmentation(
 def build_parser() -> argparse.ArgumentParser:
     summary = __doc__.split("\n", 1)[0]
     parser = argparse.ArgumentParser(prog="python -m transformers_esam_blip.evaluation", description=summary)
-    parser.add_argument("--model", default=DEFAULT_BUILTIN_MODEL, help=f"name, folder or Hub id (default {DEFAULT_BUILTIN_MODEL})")
+    parser.add_argument(
+        "--model", default=DEFAULT_BUILTIN_MODEL, help=f"name, folder or Hub id (default {DEFAULT_BUILTIN_MODEL})"
+    )
     parser.add_argument("--dataset", default="synthetic", help="'synthetic' (default) or a folder / Hub dataset id")
     parser.add_argument("--dataset_split", help="split of --dataset (needed when it has several)")
     parser.add_argument("--num_scenes", type=int, default=500, help="synthetic scenes (default 500)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_TEST_SEED, help=f"synthetic seed (default {DEFAULT_TEST_SEED})")
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_TEST_SEED, help=f"synthetic seed (default {DEFAULT_TEST_SEED})"
+    )
     parser.add_argument("--absent_fraction", type=float, default=0.25, help="synthetic absent expressions (0.25)")
     parser.add_argument("--text_prompt_mode", choices=TEXT_PROMPT_MODES, default="learned")
     parser.add_argument("--cache_dir", help="`datasets` cache folder")

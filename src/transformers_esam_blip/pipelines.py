@@ -8,7 +8,7 @@ import torch
 from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 
-from .modeling_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipSegmentationOutput
+from .modeling_esam_blip import TEXT_PROMPT_MODES, EsamBlipForPromptableSegmentation, EsamBlipSegmentationOutput
 
 TASK = "text-prompted-segmentation"
 _PADDING_LABEL = -1
@@ -33,8 +33,10 @@ def _points_to_image(points: torch.Tensor, original_size: tuple[int, int], frame
 
 class TextPromptedSegmentationPipeline(Pipeline):
     """
-    Zero-shot text-prompted segmentation with an EsamBlip checkpoint that has both halves: each text's BLIP Grad-CAM
-    heatmap gives salient points, EfficientSAM turns them into a mask, BLIP ITM says whether the text matches at all.
+    Text-prompted segmentation with an EsamBlip checkpoint that has both halves. Zero-shot (`text_prompt_mode=
+    "gradcam"`): each text's BLIP Grad-CAM heatmap gives salient points, EfficientSAM turns them into a mask. With a
+    trained text prompter (`"learned"`, e.g. the built-in `esam-blip-shapes`), the prompter's tokens prompt the mask
+    decoder directly. Either way BLIP ITM says whether the text matches at all.
 
     ```python
     >>> import transformers_esam_blip  # registers the task
@@ -57,15 +59,18 @@ class TextPromptedSegmentationPipeline(Pipeline):
     - `"text"` (`str`): the text as given;
     - `"mask"` (`torch.BoolTensor` `[H, W]`): the candidate with the highest predicted IoU, at the original size;
     - `"score"` (`float`): its predicted IoU;
-    - `"points"` (`list[list[float]]`): the prompt points `[x, y]` in original-image pixels (padding dropped);
+    - `"points"` (`list[list[float]]`): the prompt points `[x, y]` in original-image pixels (padding dropped; empty
+      with learned prompts);
     - `"point_labels"` (`list[int]`): 1 salient point, 0 background point;
-    - `"heatmap"` (`torch.FloatTensor` `[g, g]`): the text's Grad-CAM (caption-mean row);
-    - `"enhanced_heatmap"` (`torch.FloatTensor` `[g, g]`): the mask-enhanced heatmap, in [0, 1];
+    - `"heatmap"` (`torch.FloatTensor` `[g, g]`): the text's Grad-CAM (caption-mean row); None with learned prompts;
+    - `"enhanced_heatmap"` (`torch.FloatTensor` `[g, g]`): the mask-enhanced heatmap, in [0, 1]; None with learned
+      prompts;
     - `"match_probability"` (`float`): BLIP ITM probability that the text matches the image;
     - `"is_match"` (`bool`): False means the object is probably absent and the mask should not be trusted.
 
-    Call parameters: `mask_threshold` (`float`, defaults to 0.0, the logit above which a pixel is in the mask) and
-    `timeout` (`float`, seconds to fetch an image URL).
+    Call parameters: `mask_threshold` (`float`, defaults to 0.0, the logit above which a pixel is in the mask),
+    `text_prompt_mode` (`"auto"` (default: `"learned"` when the model has a trained prompter, else `"gradcam"`),
+    `"learned"` or `"gradcam"`) and `timeout` (`float`, seconds to fetch an image URL).
     """
 
     _load_processor = True
@@ -130,11 +135,20 @@ class TextPromptedSegmentationPipeline(Pipeline):
         return super().__call__([{"image": image, "text": text} for image, text in zip(images, per_image)], **kwargs)
 
     def _sanitize_parameters(
-        self, mask_threshold: float | None = None, timeout: float | None = None
+        self, mask_threshold: float | None = None, timeout: float | None = None, text_prompt_mode: str | None = None
     ) -> tuple[dict, dict, dict]:
         preprocess_params = {} if timeout is None else {"timeout": timeout}
         postprocess_params = {} if mask_threshold is None else {"mask_threshold": mask_threshold}
-        return preprocess_params, {}, postprocess_params
+        forward_params = {}
+        if text_prompt_mode is not None:
+            if text_prompt_mode not in (*TEXT_PROMPT_MODES, "auto"):
+                raise ValueError(
+                    f"`text_prompt_mode` must be 'auto' or one of {TEXT_PROMPT_MODES}, got {text_prompt_mode!r}."
+                )
+            if text_prompt_mode == "learned":
+                self.model.base_model.require_prompter()
+            forward_params["text_prompt_mode"] = text_prompt_mode
+        return preprocess_params, forward_params, postprocess_params
 
     def preprocess(self, inputs: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """`{"image", "text"}` → the processor's tensors for one image and its `T` texts (`input_ids [T, L]`)."""
@@ -154,11 +168,13 @@ class TextPromptedSegmentationPipeline(Pipeline):
         model_inputs = self.processor(images=image, text=texts, return_tensors="pt").to(self.dtype)
         return {"texts": texts, **model_inputs}
 
-    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+    def _forward(self, model_inputs: dict[str, Any], text_prompt_mode: str = "auto") -> dict[str, Any]:
         """One model call for the image and all its texts; the output holds `pred_masks [T, 1, 3, h, w]` and more."""
         texts, original_sizes = model_inputs.pop("texts"), model_inputs.pop("original_sizes")
         model_inputs.pop("reshaped_input_sizes", None)
-        outputs = self.model(**model_inputs, text_prompt_mode="gradcam")
+        if text_prompt_mode == "auto":
+            text_prompt_mode = "gradcam" if self.model.config.prompter_source is None else "learned"
+        outputs = self.model(**model_inputs, text_prompt_mode=text_prompt_mode)
         return {"texts": texts, "original_sizes": original_sizes, "outputs": outputs}
 
     def postprocess(self, model_outputs: dict[str, Any], mask_threshold: float = 0.0) -> list[dict[str, Any]]:
@@ -172,18 +188,22 @@ class TextPromptedSegmentationPipeline(Pipeline):
         masks = self.processor.post_process_masks([best_logits], [original_size], mask_threshold=mask_threshold)[0]
         frame_size = self.processor.image_processor.sam_image_size
         results = []
+        from_gradcam = outputs.get("prompt_points") is not None
         for t, text in enumerate(model_outputs["texts"]):
-            real = outputs["prompt_labels"][t] != _PADDING_LABEL
-            points = _points_to_image(outputs["prompt_points"][t][real].float(), original_size, frame_size)
+            points, point_labels = [], []
+            if from_gradcam:
+                real = outputs["prompt_labels"][t] != _PADDING_LABEL
+                points = _points_to_image(outputs["prompt_points"][t][real].float(), original_size, frame_size).tolist()
+                point_labels = outputs["prompt_labels"][t][real].tolist()
             results.append(
                 {
                     "text": text,
                     "mask": masks[t],
                     "score": outputs["iou_scores"][t, 0, best[t]].item(),
-                    "points": points.tolist(),
-                    "point_labels": outputs["prompt_labels"][t][real].tolist(),
-                    "heatmap": outputs["heatmap"][t].float(),
-                    "enhanced_heatmap": outputs["enhanced_heatmap"][t].float(),
+                    "points": points,
+                    "point_labels": point_labels,
+                    "heatmap": outputs["heatmap"][t].float() if from_gradcam else None,
+                    "enhanced_heatmap": outputs["enhanced_heatmap"][t].float() if from_gradcam else None,
                     "match_probability": outputs["itm_probability"][t].item(),
                     "is_match": bool(outputs["is_match"][t]),
                 }
