@@ -37,7 +37,9 @@ class CliError(Exception):
     """A problem with the command line or its inputs, reported as one `error: ...` line."""
 
 
-class _Parser(argparse.ArgumentParser):
+class CommandParser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors raise [`CliError`] (one line, a status) instead of exiting the interpreter."""
+
     # argparse prints the usage and exits; the CLI reports one line and returns a status instead, so `main()` can be
     # called in-process.
     def error(self, message: str) -> NoReturn:
@@ -71,13 +73,13 @@ def parse_box(text: str) -> list[float]:
 
 def build_parser() -> argparse.ArgumentParser:
     summary, examples = __doc__.split("\n", 1)
-    parser = _Parser(
+    parser = CommandParser(
         prog="esam-blip",
         description=summary,
         epilog=f"examples:\n{examples.lstrip()}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 
     def add_common(command: argparse.ArgumentParser) -> None:
         command.add_argument("image", type=Path, help="image file (any format PIL reads)")
@@ -132,17 +134,18 @@ def _load_image(path: Path) -> PIL.Image.Image:
         raise CliError(f"{path} is not a readable image ({error})") from error
 
 
-def _looks_like_hub_id(model: str) -> bool:
+def looks_like_hub_id(model: str) -> bool:
     """`name` or `owner/name`, as the Hub spells repositories; anything else can only be a local path."""
     return _HUB_ID.fullmatch(model) is not None
 
 
-def _load_config(model: str) -> EsamBlipConfig:
+def load_checkpoint_config(model: str) -> EsamBlipConfig:
+    """The `EsamBlipConfig` of `--model` (built-in name, folder or Hub id), or a [`CliError`] saying what is wrong."""
     model = str(resolve_pretrained_name(model))  # a built-in model's name → its folder
     path = Path(model)
     if path.exists() and not path.is_dir():
         raise CliError(f"--model {model} is a file; give the converted checkpoint folder")
-    if not path.exists() and not _looks_like_hub_id(model):
+    if not path.exists() and not looks_like_hub_id(model):
         raise CliError(f"--model {model} does not exist")
     try:
         config_dict, _ = EsamBlipConfig.get_config_dict(model)
@@ -278,7 +281,7 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
         raise CliError("give what to segment: --text, --points and/or --box")
     _check_png(args.output)
     image = _load_image(args.image)
-    config = _load_config(args.model)
+    config = load_checkpoint_config(args.model)
     _require_part(config, args.model, blip=False, what="segment")
     if args.text:
         _require_part(config, args.model, blip=True, what="segment --text")
@@ -293,7 +296,7 @@ def run_everything(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     image = _load_image(args.image)
-    config = _load_config(args.model)
+    config = load_checkpoint_config(args.model)
     _require_part(config, args.model, blip=False, what="everything")
     _progress(f"Loading {args.model} ...")
     model = EsamBlipForPromptableSegmentation.from_pretrained(args.model).eval()
@@ -336,7 +339,7 @@ def run_everything(args: argparse.Namespace) -> dict[str, Any]:
 def run_itm(args: argparse.Namespace) -> dict[str, Any]:
     """ITM match probability (pairs) and ITC cosine similarity of the image with each text; the image is encoded once."""
     image = _load_image(args.image)
-    config = _load_config(args.model)
+    config = load_checkpoint_config(args.model)
     _require_part(config, args.model, blip=True, what="itm")
     device = _device(args.device)
     _progress(f"Loading {args.model} ...")
@@ -384,7 +387,17 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(build_parser(), _run, argv)
 
 
-__all__ = ["CliError", "build_parser", "main", "parse_box", "parse_point", "run_command"]
+__all__ = [
+    "CliError",
+    "CommandParser",
+    "build_parser",
+    "load_checkpoint_config",
+    "looks_like_hub_id",
+    "main",
+    "parse_box",
+    "parse_point",
+    "run_command",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

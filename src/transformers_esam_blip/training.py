@@ -25,7 +25,7 @@ import datasets
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
-from .cli import CliError, _load_config, _looks_like_hub_id, _Parser, run_command
+from .cli import CliError, load_checkpoint_config, looks_like_hub_id, CommandParser, run_command
 from .configuration_esam_blip import FUSION_TYPES, PROMPTER_SOURCES, EsamBlipConfig
 from .data import (
     COLOURS,
@@ -360,7 +360,7 @@ _BUILTIN = {"tiny": (tiny_processor, tiny_config), "shapes": (shapes_processor, 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m transformers_esam_blip.training`."""
     summary, examples = __doc__.split("\n", 1)
-    parser = _Parser(
+    parser = CommandParser(
         prog="python -m transformers_esam_blip.training",
         description=summary,
         epilog=f"examples:\n{examples.lstrip()}",
@@ -474,7 +474,7 @@ def _load_dataset(
             min_side=side // 8,
             max_side=3 * side // 8,
         )
-    if not Path(source).exists() and not _looks_like_hub_id(source):
+    if not Path(source).exists() and not looks_like_hub_id(source):
         raise CliError(f"dataset {source} does not exist (give 'synthetic', a folder or a Hub dataset id)")
     return load_referring_dataset(source, split=split, cache_dir=args.cache_dir)
 
@@ -489,7 +489,7 @@ def _load_model(args: argparse.Namespace) -> tuple[EsamBlipForPromptableSegmenta
         processor = make_processor()
         config = make_config(processor, **{"prompter_source": "text", **overrides})
         return EsamBlipForPromptableSegmentation(config), processor
-    config = _load_config(args.model)
+    config = load_checkpoint_config(args.model)
     if not (config.has_segmentation and config.has_blip):
         raise CliError(
             f"--model {args.model} needs both halves for referring segmentation (has_segmentation="
