@@ -14,7 +14,7 @@ import torch
 from test_fusion import tiny_joint_config
 from transformers import AutoModel, AutoModelForMaskGeneration, AutoProcessor
 
-from transformers_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipModel, EsamBlipProcessor
+from transformers_esam_blip import EsamBlipConfig, EsamBlipForPromptableSegmentation, EsamBlipModel, EsamBlipProcessor
 from transformers_esam_blip.data import synthetic_referring_dataset
 from transformers_esam_blip.training import (
     FREEZE_PRESETS,
@@ -159,6 +159,11 @@ def test_freezing_presets_count_parameters(preset):
     expected = {
         "decoder": [base.sam.mask_decoder],
         "prompter_fusion": [base.prompter, base.fusion],
+        "itm": [
+            base.blip.vision_model,
+            base.blip.itm_head,
+            *(layer.crossattention for layer in base.blip.text_encoder.encoder.layer),
+        ],
         "all": [model],
     }[preset]
     apply_freezing(model, "all" if preset != "all" else "decoder")  # a preset replaces the previous choice
@@ -173,7 +178,7 @@ def test_freezing_presets_count_parameters(preset):
 def test_freezing_errors():
     model = EsamBlipForPromptableSegmentation(tiny_joint_config())
     with pytest.raises(
-        ValueError, match=r"`preset` must be one of \('decoder', 'prompter_fusion', 'all'\), got 'head'"
+        ValueError, match=r"`preset` must be one of \('decoder', 'prompter_fusion', 'itm', 'all'\), got 'head'"
     ):
         apply_freezing(model, "head")
     with pytest.raises(ValueError, match=r"trains the learned text prompter and the encoder fusion.*has neither"):
@@ -198,6 +203,8 @@ def no_prompter_checkpoint(tmp_path_factory) -> Path:
         (["--config", "tiny", "--freeze", "head"], r"argument --freeze: invalid choice: 'head'"),
         (["--config", "tiny", "--max_steps", "0"], r"--max_steps must be >= 1 \(or -1"),
         (["--config", "tiny", "--num_scenes", "0"], r"--num_scenes must be >= 1, got 0"),
+        (["--config", "tiny", "--absent_fraction", "1"], r"--absent_fraction must lie in \[0, 1\), got 1.0"),
+        (["--config", "tiny", "--lr_scheduler_type", "wobbly"], r"wobbly"),
         (["--model", "/no/such/model"], r"--model /no/such/model does not exist"),
         (["--config", "tiny", "--resume_from_checkpoint"], r"No valid checkpoint found in output directory"),
         (
@@ -273,3 +280,60 @@ def test_accelerate_launch_two_processes(tmp_path, launcher, processes):
     for folder in (output, output / "checkpoint-4"):
         assert (folder / "model.safetensors").is_file() and (folder / "processor_config.json").is_file()
     assert isinstance(AutoModel.from_pretrained(output / "checkpoint-4"), EsamBlipModel)
+
+
+def test_shapes_config_is_the_builtin_architecture():
+    from transformers_esam_blip.training import shapes_config, shapes_processor
+
+    processor = shapes_processor()
+    config = shapes_config(processor)
+    assert processor.image_processor.sam_image_size == 128 and processor.image_processor.blip_image_size == 128
+    assert config.sam_vision_config.image_embedding_size == 16 and low_res_mask_size(config) == 64
+    assert config.prompter_source == "text" and config.vision_config.initializer_range == 0.02
+    assert config.text_config.vocab_size == len(processor.tokenizer)
+    # The packaged model was trained from exactly this architecture.
+    from transformers_esam_blip import builtin_model_path
+
+    shipped = EsamBlipConfig.from_pretrained(builtin_model_path())
+    for name in ("sam_vision_config", "prompt_encoder_config", "mask_decoder_config", "vision_config", "text_config"):
+        expected, got = getattr(config, name).to_dict(), getattr(shipped, name).to_dict()
+        differing = {key for key in expected if key not in ("transformers_version", "dtype") and expected[key] != got.get(key)}
+        assert not differing, (name, differing)
+
+
+def test_itm_task_trains_matching_and_leaves_learned_prompts_unchanged(tmp_path, dataset, capsys):
+    """`--task itm --freeze itm`: the ITM loss falls, masks of learned text prompts stay bit-identical."""
+    start = tmp_path / "start"
+    model = EsamBlipForPromptableSegmentation(tiny_joint_config(prompter_source="text"))
+    model.save_pretrained(start)
+    tiny_processor().save_pretrained(start)
+    argv = ["--model", str(start), "--task", "itm", "--freeze", "itm", *SCENE_ARGS, "--cache_dir", str(tmp_path / "d")]
+    argv += ["--output_dir", str(tmp_path / "out"), "--max_steps", "30", "--learning_rate", "3e-3"]
+    argv += ["--logging_steps", "5", "--eval_dataset", "synthetic", "--num_eval_scenes", "4", "--save_steps", "30"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "parameters train (--freeze itm)" in err and "eval_itm_roc_auc=" in err
+    losses = [entry["loss"] for entry in json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+              if "loss" in entry]
+    assert losses[-1] < losses[0]
+    trained = EsamBlipForPromptableSegmentation.from_pretrained(tmp_path / "out").eval()
+    model.eval()
+    processor = tiny_processor()
+    inputs = processor(images=dataset[0]["image"], text=["the red circle", "a blue square"], return_tensors="pt")
+    with torch.no_grad():
+        before, after = model(**inputs, text_prompt_mode="learned"), trained(**inputs, text_prompt_mode="learned")
+    assert torch.equal(before.pred_masks, after.pred_masks)
+    assert not torch.equal(before.itm_probability, after.itm_probability)
+
+
+def test_itm_collator():
+    from transformers_esam_blip.training import EsamBlipItmCollator
+
+    collator = EsamBlipItmCollator(tiny_processor())
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    batch = collator([{"image": image, "text": "a red circle", "mask": mask}, {"image": image, "text": "x", "match_label": 1}])
+    assert sorted(batch) == ["attention_mask", "blip_pixel_values", "input_ids", "labels"]
+    assert batch["labels"].tolist() == [0, 1]
+    with pytest.raises(ValueError, match="neither `match_label` nor `mask`"):
+        collator([{"image": image, "text": "a red circle"}])

@@ -22,10 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import EvalPrediction, Trainer, TrainingArguments, set_seed
 
-from .cli import CliError, load_checkpoint_config, looks_like_hub_id, CommandParser, run_command
+from .cli import (
+    CliError,
+    CommandParser,
+    load_checkpoint_config,
+    looks_like_hub_id,
+    run_command,
+)
 from .configuration_esam_blip import FUSION_TYPES, PROMPTER_SOURCES, EsamBlipConfig
 from .data import (
     COLOURS,
@@ -35,15 +42,24 @@ from .data import (
     load_referring_dataset,
     synthetic_referring_dataset,
 )
+from .data.masks import mask_to_bool
 from .image_processing_esam_blip import EsamBlipImageProcessor
 from .metrics import make_compute_metrics, preprocess_logits_for_metrics
-from .modeling_esam_blip import TEXT_PROMPT_MODES, EsamBlipForPromptableSegmentation
+from .metrics.referring_segmentation.referring_segmentation import roc_auc
+from .modeling_esam_blip import (
+    TEXT_PROMPT_MODES,
+    EsamBlipForImageTextMatching,
+    EsamBlipForPromptableSegmentation,
+)
 from .processing_esam_blip import ENC_TOKEN, EsamBlipProcessor, build_blip_tokenizer
 
-FREEZE_PRESETS = ("decoder", "prompter_fusion", "all")
+FREEZE_PRESETS = ("decoder", "prompter_fusion", "itm", "all")
+TASKS = ("segmentation", "itm")
 BUILTIN_CONFIGS = ("tiny", "shapes")
 # Trainer otherwise also takes `input_labels` (a forward argument whose name holds "label") for a label.
 LABEL_NAMES = ["labels", "match_labels"]
+# `--task itm` trains `EsamBlipForImageTextMatching`, whose `labels` are the 0/1 match targets.
+ITM_LABEL_NAMES = ["labels"]
 # Side of the square synthetic scenes; object sides scale with it (32..96 at the generator's default of 256).
 DEFAULT_SCENE_SIZE = 256
 _SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -59,6 +75,10 @@ def apply_freezing(model: torch.nn.Module, preset: str) -> int:
     - `"prompter_fusion"`: the learned text prompter and the encoder fusion (`model.prompter`, `model.fusion`,
       whichever the config builds), nothing else: both encoders, the prompt encoder, the mask decoder and the
       ITM/ITC heads of a converted checkpoint stay exactly as converted, and the new joins learn to drive them.
+    - `"itm"`: what image-text matching uses and the text-only features do not: the BLIP image encoder, the
+      cross-attention blocks of the text encoder and the ITM head. Text-only features (the ITC text side and a
+      `prompter_source="text"` prompter's input) stay exactly as they are, so ITM training leaves learned text
+      prompts (and their masks) unchanged.
     - `"all"`: every parameter.
 
     Args:
@@ -75,6 +95,10 @@ def apply_freezing(model: torch.nn.Module, preset: str) -> int:
         trained = [model]
     elif preset == "decoder":
         trained = [base.require_segmentation().mask_decoder]
+    elif preset == "itm":
+        blip = base.require_blip()
+        cross_attention = [layer.crossattention for layer in blip.text_encoder.encoder.layer]
+        trained = [blip.vision_model, *cross_attention, blip.itm_head]
     else:
         trained = [module for module in (base.prompter, base.fusion) if module is not None]
         if not trained:
@@ -118,9 +142,12 @@ class EsamBlipTrainingCollator(EsamBlipDataCollator):
         return batch
 
 
-def training_arguments(output_dir: str | Path, evaluate: bool = False, **overrides: Any) -> TrainingArguments:
+def training_arguments(
+    output_dir: str | Path, evaluate: bool = False, task: str = "segmentation", **overrides: Any
+) -> TrainingArguments:
     """
-    `TrainingArguments` for [`build_trainer`]: `label_names=["labels", "match_labels"]` and
+    `TrainingArguments` for [`build_trainer`] (`task="segmentation"`) or [`build_itm_trainer`] (`task="itm"`):
+    `label_names=["labels", "match_labels"]` (`["labels"]` for `"itm"`) and
     `remove_unused_columns=False` (the collator reads the raw columns) are fixed; the defaults below can be overridden.
 
     Defaults: `report_to="none"`, `logging_steps=10`, `save_steps=200`, evaluation every `save_steps` when
@@ -130,7 +157,10 @@ def training_arguments(output_dir: str | Path, evaluate: bool = False, **overrid
 
     Checkpoints are always safetensors (`transformers` 5 has no other format and no `save_safetensors` switch).
     """
-    for name, fixed in (("label_names", LABEL_NAMES), ("remove_unused_columns", False)):
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {TASKS}, got {task!r}.")
+    label_names = LABEL_NAMES if task == "segmentation" else ITM_LABEL_NAMES
+    for name, fixed in (("label_names", label_names), ("remove_unused_columns", False)):
         if name in overrides and overrides[name] != fixed:
             raise ValueError(f"`{name}` must be {fixed!r} for EsamBlip training, got {overrides[name]!r}.")
     # Without an accelerator, `use_cpu` is what makes Trainer join a `torchrun`/`accelerate launch` process group
@@ -146,7 +176,7 @@ def training_arguments(output_dir: str | Path, evaluate: bool = False, **overrid
         "dataloader_pin_memory": not use_cpu,
         **overrides,
         "use_cpu": use_cpu,
-        "label_names": LABEL_NAMES,
+        "label_names": label_names,
         "remove_unused_columns": False,
     }
     if evaluate and settings.get("eval_steps") is None:
@@ -206,6 +236,89 @@ def build_trainer(
     )
     # The forward takes **kwargs, which Trainer reads as "the loss is a sum over `num_items_in_batch`" and then
     # multiplies it by the number of processes; this loss is already a mean.
+    trainer.model_accepts_loss_kwargs = False
+    return trainer
+
+
+class EsamBlipItmCollator(EsamBlipDataCollator):
+    r"""
+    Image-text matching batches for [`EsamBlipForImageTextMatching`]: `blip_pixel_values`, `input_ids`,
+    `attention_mask` and `labels` (1 match, 0 no match: the `match_label` column, or else whether `mask` is non-empty).
+    Masks and point/box prompts are ignored.
+
+    Args:
+        processor ([`EsamBlipProcessor`]): with a tokenizer and a BLIP image size.
+    """
+
+    def __init__(self, processor: EsamBlipProcessor) -> None:
+        super().__init__(processor, mask_size="original")
+        if processor.tokenizer is None or processor.image_processor.blip_image_size is None:
+            raise ValueError("ITM training needs a processor with a tokenizer and `blip_image_size` set.")
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        kept = []
+        for i, feature in enumerate(features):
+            if not isinstance(feature, Mapping):
+                raise TypeError(f"`features[{i}]` must be a dict, got {type(feature).__name__}.")
+            label = feature.get("match_label")
+            if label is None:
+                if feature.get("mask") is None:
+                    raise ValueError(f"`features[{i}]` has neither `match_label` nor `mask`; ITM needs a target.")
+                label = int(mask_to_bool(feature["mask"]).any())
+            kept.append({"image": feature.get("image"), "text": feature.get("text"), "match_label": label})
+        batch = super().__call__(kept)
+        if "input_ids" not in batch:
+            raise ValueError("ITM training needs a `text` in every example.")
+        keys = ("blip_pixel_values", "input_ids", "attention_mask")
+        return {**{key: batch[key] for key in keys}, "labels": batch["match_labels"]}
+
+
+def _itm_compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
+    """ITM accuracy (match probability >= 0.5) and ROC-AUC from the `itm_score` logits."""
+    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    probabilities = torch.as_tensor(logits).float().softmax(dim=-1)[:, 1].numpy()
+    labels = np.asarray(eval_pred.label_ids).reshape(-1)
+    return {"itm_accuracy": float(((probabilities >= 0.5) == labels).mean()), "itm_roc_auc": roc_auc(probabilities, labels)}
+
+
+def build_itm_trainer(
+    model: EsamBlipForImageTextMatching,
+    processor: EsamBlipProcessor,
+    train_dataset: datasets.Dataset,
+    eval_dataset: datasets.Dataset | None = None,
+    args: TrainingArguments | None = None,
+    output_dir: str | Path | None = None,
+    **training_kwargs: Any,
+) -> Trainer:
+    """
+    A `transformers.Trainer` for image-text matching alone (the BLIP half): [`EsamBlipItmCollator`], ITM accuracy
+    and ROC-AUC as `compute_metrics`, the processor saved with every checkpoint. Only the BLIP half runs, so a step
+    costs a fraction of a referring-segmentation step; combine it with `apply_freezing(model, "itm")` to leave
+    learned text prompts untouched.
+
+    Args: as [`build_trainer`]; `args` must come from `training_arguments(..., task="itm")`.
+    """
+    if args is None:
+        if output_dir is None:
+            raise ValueError("Pass `output_dir` (or ready `args`).")
+        args = training_arguments(output_dir, evaluate=eval_dataset is not None, task="itm", **training_kwargs)
+    elif training_kwargs or output_dir is not None:
+        raise ValueError("Pass either `args` or `output_dir` and training keyword arguments, not both.")
+    elif list(args.label_names or []) != ITM_LABEL_NAMES or args.remove_unused_columns:
+        raise ValueError(
+            f"`args` must have label_names={ITM_LABEL_NAMES} and remove_unused_columns=False, got "
+            f"{args.label_names} and {args.remove_unused_columns}; build them with `training_arguments(task='itm')`."
+        )
+    model.base_model.require_blip()
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=EsamBlipItmCollator(processor),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+        compute_metrics=_itm_compute_metrics,
+    )
     trainer.model_accepts_loss_kwargs = False
     return trainer
 
@@ -390,6 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--scene_size", type=int, default=DEFAULT_SCENE_SIZE, help="side of the synthetic images")
     data.add_argument("--cache_dir", help="where `datasets` caches the data (its default cache otherwise)")
     model = parser.add_argument_group("model")
+    model.add_argument(
+        "--task",
+        choices=TASKS,
+        default="segmentation",
+        help="segmentation (default): referring segmentation + ITM with EsamBlipForPromptableSegmentation; itm: image-"
+        "text matching alone with EsamBlipForImageTextMatching (the BLIP half runs, much cheaper per step)",
+    )
     model.add_argument("--text_prompt_mode", choices=TEXT_PROMPT_MODES, default="learned", help="default: learned")
     model.add_argument("--prompter_source", choices=PROMPTER_SOURCES, help="add/replace the learned text prompter")
     model.add_argument("--fusion_type", choices=FUSION_TYPES, help="add/replace the fusion of the two encoders")
@@ -484,12 +604,20 @@ def _load_model(args: argparse.Namespace) -> tuple[EsamBlipForPromptableSegmenta
     overrides = {
         name: getattr(args, name) for name in ("prompter_source", "fusion_type") if getattr(args, name) is not None
     }
+    model_class = EsamBlipForImageTextMatching if args.task == "itm" else EsamBlipForPromptableSegmentation
     if args.config is not None:
         make_processor, make_config = _BUILTIN[args.config]
         processor = make_processor()
         config = make_config(processor, **{"prompter_source": "text", **overrides})
-        return EsamBlipForPromptableSegmentation(config), processor
+        return model_class(config), processor
     config = load_checkpoint_config(args.model)
+    if args.task == "itm":
+        if not config.has_blip:
+            raise CliError(f"--task itm needs the BLIP half, but --model {args.model} has none")
+        processor = EsamBlipProcessor.from_pretrained(args.model)
+        if processor.tokenizer is None:
+            raise CliError(f"--model {args.model} has no tokenizer; ITM training needs the texts")
+        return model_class.from_pretrained(args.model, **overrides), processor
     if not (config.has_segmentation and config.has_blip):
         raise CliError(
             f"--model {args.model} needs both halves for referring segmentation (has_segmentation="
@@ -513,6 +641,7 @@ def _training_arguments(args: argparse.Namespace) -> TrainingArguments:
     return training_arguments(
         args.output_dir,
         evaluate=args.eval_dataset is not None,
+        task=args.task,
         max_steps=args.max_steps,
         num_train_epochs=args.num_train_epochs,
         learning_rate=args.learning_rate,
@@ -578,9 +707,12 @@ def _run(args: argparse.Namespace) -> None:
         f"examples; {training_args.world_size} process(es) on {training_args.device}",
         training_args,
     )
-    trainer = build_trainer(
-        model, processor, train_dataset, eval_dataset, text_prompt_mode=args.text_prompt_mode, args=training_args
-    )
+    if args.task == "itm":
+        trainer = build_itm_trainer(model, processor, train_dataset, eval_dataset, args=training_args)
+    else:
+        trainer = build_trainer(
+            model, processor, train_dataset, eval_dataset, text_prompt_mode=args.text_prompt_mode, args=training_args
+        )
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
     trainer.save_state()
@@ -596,7 +728,11 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = [
     "BUILTIN_CONFIGS",
+    "EsamBlipItmCollator",
     "EsamBlipTrainingCollator",
+    "ITM_LABEL_NAMES",
+    "TASKS",
+    "build_itm_trainer",
     "FREEZE_PRESETS",
     "LABEL_NAMES",
     "apply_freezing",
