@@ -18,7 +18,7 @@ _MODELS_DIR = Path(__file__).resolve().parent / "assets" / "models"
 BUILTIN_MODELS: dict[str, str] = {
     "esam-blip-shapes": (
         "EsamBlip trained here on the synthetic referring-segmentation task (coloured circles, squares and triangles "
-        "on noisy gray; 'the red circle' -> its mask and a match probability); 128² input, about 1.2M parameters"
+        "on noisy gray; 'the red circle' -> its mask and a match probability); 128² input, 1.3M parameters"
     ),
 }
 DEFAULT_BUILTIN_MODEL = "esam-blip-shapes"

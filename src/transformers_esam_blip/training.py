@@ -414,7 +414,7 @@ def tiny_config(processor: EsamBlipProcessor, **overrides: Any) -> EsamBlipConfi
 
 def shapes_config(processor: EsamBlipProcessor, **overrides: Any) -> EsamBlipConfig:
     """
-    The built-in `shapes` config, the architecture of the packaged `esam-blip-shapes` model (about 1.2M parameters):
+    The built-in `shapes` config, the architecture of the packaged `esam-blip-shapes` model (1.3M parameters):
     EfficientSAM with a 4-block, width-96 ViT on 128² images (patch 8: 16x16 embedding grid of 64 channels, 64x64
     masks) and a width-64 mask decoder; BLIP with a 3-block, width-96 ViT on 128² images (patch 16: 8x8 grid) and a
     3-layer width-96 text encoder with cross-attention, whose [CLS] drives a learned text prompter.
