@@ -32,7 +32,14 @@ setup(
     ],
     extras_require={
         "plot": ["matplotlib>=3.8"],
-        "tests": ["pytest>=8", "matplotlib>=3.8", "scipy>=1.11"],
+        "tests": [
+            "pytest>=8",
+            "matplotlib>=3.8",
+            "scipy>=1.11",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
+        ],
         "dev": ["pytest>=8", "matplotlib>=3.8", "scipy>=1.11", "ruff>=0.5"],
     },
     entry_points={"console_scripts": ["esam-blip=transformers_esam_blip.cli:main"]},
