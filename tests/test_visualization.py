@@ -203,3 +203,15 @@ def test_draw_panels_grid_and_errors():
         draw_panels([])
     with pytest.raises(ValueError, match="columns"):
         draw_panels([red], columns=0)
+
+
+def test_draw_masks_custom_colours():
+    image = np.zeros((4, 4, 3), dtype=np.uint8)
+    mask = np.zeros((4, 4), dtype=bool)
+    mask[0, 0] = True
+    picture = draw_masks(image, mask, alpha=1.0, colours=[(255, 0, 255)])
+    assert picture.getpixel((0, 0)) == (255, 0, 255) and picture.getpixel((1, 1)) == (0, 0, 0)
+    with pytest.raises(ValueError, match="colours"):
+        draw_masks(image, mask, colours=[(300, 0, 0)])
+    with pytest.raises(ValueError, match="colours"):
+        draw_masks(image, mask, colours=[])

@@ -32,6 +32,8 @@ DEMO_BOX = [262.0, 52.0, 428.0, 178.0]
 # The training command draws its scenes with seeds 0 and 1; the demo's default seed gives other scenes.
 DEFAULT_DEMO_SEED = 7
 NUM_ABSENT_PER_SCENE = 2
+# Magenta: none of the scene colours (red, green, blue, yellow) or the gray background.
+MASK_COLOUR = (255, 0, 255)
 
 
 def _iou(prediction: np.ndarray, target: np.ndarray) -> float:
@@ -84,7 +86,7 @@ def run_text_demo(
             print(
                 f"{scene_id:>5}  {text:<22} {'yes' if target is not None else 'no':>7}  {probability:>10.3f}  {shown}"
             )
-            pictures.append(draw_masks(image, mask))
+            pictures.append(draw_masks(image, mask, alpha=0.6, colours=[MASK_COLOUR]))
             verdict = "match" if probability >= model.config.match_threshold else "no match"
             titles.append(f"{text}: {verdict} (p={probability:.2f})" + ("" if iou is None else f", IoU {iou:.2f}"))
         save_png(

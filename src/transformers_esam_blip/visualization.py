@@ -1,5 +1,6 @@
 """Pictures of results: mask overlays, Grad-CAM heatmaps and text-prompt results, saved as PNG (matplotlib optional)."""
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,7 @@ def draw_masks(
     labels: list | torch.Tensor | None = None,
     boxes: list | torch.Tensor | None = None,
     alpha: float = 0.5,
+    colours: Sequence[Sequence[int]] | None = None,
 ) -> Image.Image:
     """
     Tint each mask over the image in its own colour, outline boxes and mark points.
@@ -99,11 +101,16 @@ def draw_masks(
         labels: `[K]` point labels (1 foreground, 0 background, -1 padding); all foreground if omitted.
         boxes: `[M, 4]` (x1, y1, x2, y2) image pixels.
         alpha: opacity of the tint, in [0, 1].
+        colours: RGB tint of each mask (cycled), e.g. `[(255, 0, 255)]` to stand out on blue objects; default
+            `PALETTE`.
 
     Returns:
         A new RGB `PIL.Image` of the image's size.
     """
     _check_alpha(alpha)
+    palette = PALETTE if colours is None else [tuple(int(c) for c in colour) for colour in colours]
+    if not palette or any(len(colour) != 3 or not all(0 <= c <= 255 for c in colour) for colour in palette):
+        raise ValueError(f"`colours` must be a non-empty list of (R, G, B) values in [0, 255], got {colours!r}.")
     canvas = _to_rgb_array(image).astype(np.float32)
     masks = _as_numpy(masks)
     masks = masks[None] if masks.ndim == 2 else masks
@@ -112,7 +119,7 @@ def draw_masks(
             f"`masks` must be [N, {canvas.shape[0]}, {canvas.shape[1]}] (the image size), got {masks.shape}."
         )
     for index, mask in enumerate(masks.astype(bool)):
-        colour = np.array(PALETTE[index % len(PALETTE)], dtype=np.float32)
+        colour = np.array(palette[index % len(palette)], dtype=np.float32)
         canvas[mask] = (1 - alpha) * canvas[mask] + alpha * colour
     return _draw_prompts(Image.fromarray(canvas.round().astype(np.uint8)), points, labels, boxes)
 
