@@ -22,6 +22,7 @@ from PIL import Image
 from .builtin import DEFAULT_BUILTIN_MODEL
 from .data import COLOURS, SHAPES, generate_scene, scene_rng
 from .evaluation import predict_referring
+from .metrics import compute_referring_metrics
 from .modeling_esam_blip import EsamBlipForPromptableSegmentation
 from .processing_esam_blip import EsamBlipProcessor
 from .visualization import draw_masks, draw_panels, save_masks_png, save_png
@@ -34,11 +35,6 @@ DEFAULT_DEMO_SEED = 7
 NUM_ABSENT_PER_SCENE = 2
 # Magenta: none of the scene colours (red, green, blue, yellow) or the gray background.
 MASK_COLOUR = (255, 0, 255)
-
-
-def _iou(prediction: np.ndarray, target: np.ndarray) -> float:
-    union = (prediction | target).sum()
-    return float((prediction & target).sum() / union) if union else 1.0
 
 
 def run_text_demo(
@@ -71,7 +67,7 @@ def run_text_demo(
         pictures, titles = [], []
         for text, pair, mask, probability in zip(texts, queries, masks.numpy(), probabilities.tolist()):
             target = present.get(pair)
-            iou = None if target is None else _iou(mask, target)
+            iou = None if target is None else compute_referring_metrics([mask], [target])["mean_iou"]
             rows.append(
                 {
                     "scene": scene_id,

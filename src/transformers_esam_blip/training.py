@@ -60,6 +60,7 @@ BUILTIN_CONFIGS = ("tiny", "shapes")
 LABEL_NAMES = ["labels", "match_labels"]
 # `--task itm` trains `EsamBlipForImageTextMatching`, whose `labels` are the 0/1 match targets.
 ITM_LABEL_NAMES = ["labels"]
+_TASK_LABEL_NAMES = {"segmentation": LABEL_NAMES, "itm": ITM_LABEL_NAMES}
 # Side of the square synthetic scenes; object sides scale with it (32..96 at the generator's default of 256).
 DEFAULT_SCENE_SIZE = 256
 _SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -159,7 +160,7 @@ def training_arguments(
     """
     if task not in TASKS:
         raise ValueError(f"`task` must be one of {TASKS}, got {task!r}.")
-    label_names = LABEL_NAMES if task == "segmentation" else ITM_LABEL_NAMES
+    label_names = _TASK_LABEL_NAMES[task]
     for name, fixed in (("label_names", label_names), ("remove_unused_columns", False)):
         if name in overrides and overrides[name] != fixed:
             raise ValueError(f"`{name}` must be {fixed!r} for EsamBlip training, got {overrides[name]!r}.")
@@ -182,6 +183,30 @@ def training_arguments(
     if evaluate and settings.get("eval_steps") is None:
         settings["eval_steps"] = settings["save_steps"]
     return TrainingArguments(output_dir=str(output_dir), **settings)
+
+
+def _trainer_arguments(
+    args: TrainingArguments | None,
+    output_dir: str | Path | None,
+    evaluate: bool,
+    task: str,
+    training_kwargs: dict[str, Any],
+) -> TrainingArguments:
+    """`args` checked against `task`'s fixed settings, or new ones built by [`training_arguments`]."""
+    if args is None:
+        if output_dir is None:
+            raise ValueError("Pass `output_dir` (or ready `args`).")
+        return training_arguments(output_dir, evaluate=evaluate, task=task, **training_kwargs)
+    if training_kwargs or output_dir is not None:
+        raise ValueError("Pass either `args` or `output_dir` and training keyword arguments, not both.")
+    label_names = _TASK_LABEL_NAMES[task]
+    if list(args.label_names or []) != label_names or args.remove_unused_columns:
+        builder = "`training_arguments`" if task == "segmentation" else f"`training_arguments(task={task!r})`"
+        raise ValueError(
+            f"`args` must have label_names={label_names} and remove_unused_columns=False, got "
+            f"{args.label_names} and {args.remove_unused_columns}; build them with {builder}."
+        )
+    return args
 
 
 def build_trainer(
@@ -210,17 +235,7 @@ def build_trainer(
             `label_names` and `remove_unused_columns=False`); otherwise built from `output_dir` and `training_kwargs`.
         training_kwargs: passed to [`training_arguments`].
     """
-    if args is None:
-        if output_dir is None:
-            raise ValueError("Pass `output_dir` (or ready `args`).")
-        args = training_arguments(output_dir, evaluate=eval_dataset is not None, **training_kwargs)
-    elif training_kwargs or output_dir is not None:
-        raise ValueError("Pass either `args` or `output_dir` and training keyword arguments, not both.")
-    elif list(args.label_names or []) != LABEL_NAMES or args.remove_unused_columns:
-        raise ValueError(
-            f"`args` must have label_names={LABEL_NAMES} and remove_unused_columns=False, got "
-            f"{args.label_names} and {args.remove_unused_columns}; build them with `training_arguments`."
-        )
+    args = _trainer_arguments(args, output_dir, eval_dataset is not None, "segmentation", training_kwargs)
     if text_prompt_mode == "learned":
         model.base_model.require_prompter()
     collator = EsamBlipTrainingCollator(processor, low_res_mask_size(model.config), text_prompt_mode)
@@ -298,17 +313,7 @@ def build_itm_trainer(
 
     Args: as [`build_trainer`]; `args` must come from `training_arguments(..., task="itm")`.
     """
-    if args is None:
-        if output_dir is None:
-            raise ValueError("Pass `output_dir` (or ready `args`).")
-        args = training_arguments(output_dir, evaluate=eval_dataset is not None, task="itm", **training_kwargs)
-    elif training_kwargs or output_dir is not None:
-        raise ValueError("Pass either `args` or `output_dir` and training keyword arguments, not both.")
-    elif list(args.label_names or []) != ITM_LABEL_NAMES or args.remove_unused_columns:
-        raise ValueError(
-            f"`args` must have label_names={ITM_LABEL_NAMES} and remove_unused_columns=False, got "
-            f"{args.label_names} and {args.remove_unused_columns}; build them with `training_arguments(task='itm')`."
-        )
+    args = _trainer_arguments(args, output_dir, eval_dataset is not None, "itm", training_kwargs)
     model.base_model.require_blip()
     trainer = Trainer(
         model=model,
