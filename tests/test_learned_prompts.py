@@ -127,9 +127,37 @@ def test_loss_comes_first_and_sums_the_weighted_parts():
         as_tuple = model(**batch, return_dict=False)
         blip = model.model.blip
         itm_logits = blip.itm_logits(batch["input_ids"], batch["attention_mask"], out.blip_image_embeds)
-    mask_loss, _ = segmentation_loss(out.pred_masks, out.iou_scores, batch["labels"], focal_weight=10.0, iou_weight=2.0)
+    present = batch["match_labels"].bool()  # the absent text (match label 0) trains no mask
+    mask_loss, _ = segmentation_loss(
+        out.pred_masks, out.iou_scores, batch["labels"], focal_weight=10.0, iou_weight=2.0, valid=present
+    )
     torch.testing.assert_close(out.loss, mask_loss + 0.5 * itm_loss(itm_logits, batch["match_labels"]))
     torch.testing.assert_close(as_tuple[0], out.loss)
+
+
+def test_absent_expressions_train_only_the_itm_head_unless_configured():
+    torch.manual_seed(0)
+    batch = _batch()
+    model = EsamBlipForPromptableSegmentation(tiny_joint_config(prompter_source="text")).eval()
+    with torch.no_grad():
+        out = model(**batch)
+        other_absent_mask = model(**{**batch, "labels": torch.stack([batch["labels"][0], 1 - batch["labels"][1]])})
+        itm_logits = model.model.blip.itm_logits(batch["input_ids"], batch["attention_mask"], out.blip_image_embeds)
+    torch.testing.assert_close(other_absent_mask.loss, out.loss, rtol=0, atol=0)
+
+    model.config.absent_mask_loss = True
+    with torch.no_grad():
+        with_absent = model(**batch)
+    every_mask, _ = segmentation_loss(with_absent.pred_masks, with_absent.iou_scores, batch["labels"])
+    torch.testing.assert_close(with_absent.loss, every_mask + itm_loss(itm_logits, batch["match_labels"]))
+
+    model.config.absent_mask_loss = False
+    model.train()
+    all_absent = model(**{**batch, "match_labels": torch.tensor([0, 0])})
+    torch.testing.assert_close(all_absent.loss, itm_loss(itm_logits, torch.tensor([0, 0])))
+    all_absent.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
 def test_full_resolution_labels_need_original_sizes(model):

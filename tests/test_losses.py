@@ -167,3 +167,23 @@ def test_itm_loss_is_cross_entropy_with_clear_errors():
         itm_loss(logits, torch.tensor([0, 1, 1]))
     with pytest.raises(ValueError, match=r"`labels` must be 0/1 match targets, got values \[0, 2\]"):
         itm_loss(logits, torch.tensor([0, 2]), name="labels")
+
+
+def test_valid_restricts_the_mask_loss_to_the_flagged_entries():
+    torch.manual_seed(0)
+    pred_masks = torch.randn(3, 2, 3, 8, 8, requires_grad=True)
+    iou_scores = torch.rand(3, 2, 3)
+    labels = (torch.rand(3, 8, 8) > 0.5).float()
+    valid = torch.tensor([True, False, True])
+    loss, parts = segmentation_loss(pred_masks, iou_scores, labels, valid=valid)
+    expected, _ = segmentation_loss(pred_masks[valid], iou_scores[valid], labels[valid])
+    torch.testing.assert_close(loss, expected)
+    assert parts["chosen_candidate"].shape == (2, 2)
+
+    none, parts = segmentation_loss(pred_masks, iou_scores, labels, valid=torch.zeros(3, dtype=torch.bool))
+    assert none.item() == 0.0 and parts["chosen_candidate"].shape == (0, 2)
+    none.backward()  # still part of the graph
+    assert pred_masks.grad is not None and not pred_masks.grad.any()
+
+    with pytest.raises(ValueError, match=r"`valid` must be a bool tensor of shape \(3,\).*got \(2,\)"):
+        segmentation_loss(pred_masks, iou_scores, labels, valid=torch.ones(2, dtype=torch.bool))

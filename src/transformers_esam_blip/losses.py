@@ -157,6 +157,7 @@ def segmentation_loss(
     iou_weight: float = 1.0,
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
+    valid: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     r"""
     SAM's mask loss. Every candidate mask gets `focal_weight * focal + dice_weight * dice`; per query only the
@@ -172,6 +173,9 @@ def segmentation_loss(
         original_sizes: `[B, 2]` `(H, W)` of the images.
         focal_weight, dice_weight, iou_weight: loss weights (SAM: 20, 1, 1).
         focal_alpha, focal_gamma: focal-loss parameters (SAM: 0.25, 2).
+        valid: `[B]` bool, *optional*: the entries (images, or texts) whose masks are trained; the losses are
+            averaged over their queries only. With none valid the loss is a zero that keeps the graph (so a batch of
+            absent expressions still back-propagates its other losses).
 
     Returns:
         `(loss, parts)`: the weighted scalar loss, and the detached unweighted `focal_loss`, `dice_loss`, `iou_loss`
@@ -190,6 +194,19 @@ def segmentation_loss(
     batch_size, num_queries = pred_masks.shape[:2]
     targets = prepare_mask_labels(labels, batch_size, num_queries, tuple(pred_masks.shape[-2:]), original_sizes)
     targets = targets.to(pred_masks.device)[:, :, None]
+    if valid is not None:
+        if not isinstance(valid, Tensor) or tuple(valid.shape) != (batch_size,):
+            raise ValueError(
+                f"`valid` must be a bool tensor of shape ({batch_size},), one flag per entry of `pred_masks`, got "
+                f"{tuple(valid.shape) if isinstance(valid, Tensor) else type(valid).__name__}."
+            )
+        valid = valid.to(pred_masks.device).bool()
+        if not valid.any():
+            zero = pred_masks.sum() * 0.0 + iou_scores.sum() * 0.0
+            nothing = torch.zeros((), device=pred_masks.device)
+            chosen = torch.zeros(0, num_queries, dtype=torch.long, device=pred_masks.device)
+            return zero, {"focal_loss": nothing, "dice_loss": nothing, "iou_loss": nothing, "chosen_candidate": chosen}
+        pred_masks, iou_scores, targets = pred_masks[valid], iou_scores[valid], targets[valid]
     logits = pred_masks.float()
     focal = sigmoid_focal_loss(logits, targets, focal_alpha, focal_gamma)
     dice = dice_loss(logits, targets)

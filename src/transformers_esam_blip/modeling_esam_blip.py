@@ -309,7 +309,8 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
                 shared by every query. Gives the SAM loss (`losses.segmentation_loss`, weights from the config).
             match_labels (`[T]`, *optional*): 1 where the text describes its image, 0 where not: the ITM
                 cross-entropy (`config.itm_loss_weight`) of learned text prompts. Ignored, with a warning, in the
-                other modes, whose ITM logits are not trained.
+                other modes, whose ITM logits are not trained. With `labels`, a text whose match label is 0 trains no
+                mask (its object does not exist) unless `config.absent_mask_loss`.
             original_sizes (`[B, 2]`, *optional*): `(H, W)` of each image, as the image processor returns them;
                 only read to resize full-resolution `labels`.
 
@@ -478,19 +479,12 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         match_labels: torch.Tensor | None,
         original_sizes: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        """Weighted SAM loss on `labels` plus the ITM cross-entropy on `match_labels` (learned prompts only)."""
+        """
+        Weighted SAM loss on `labels` plus the ITM cross-entropy on `match_labels` (learned prompts only). With both,
+        absent expressions (match label 0) train only the ITM head unless `config.absent_mask_loss`.
+        """
         config = self.config
-        loss = None
-        if labels is not None:
-            loss, _ = segmentation_loss(
-                fields["pred_masks"],
-                fields["iou_scores"],
-                labels,
-                original_sizes,
-                focal_weight=config.focal_loss_weight,
-                dice_weight=config.dice_loss_weight,
-                iou_weight=config.iou_loss_weight,
-            )
+        matching = None
         if match_labels is not None:
             if itm_logits is None:
                 logger.warning_once(
@@ -499,8 +493,22 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
                 )
             else:
                 matching = config.itm_loss_weight * itm_loss(itm_logits, match_labels)
-                loss = matching if loss is None else loss + matching
-        return loss
+        if labels is None:
+            return matching
+        valid = None
+        if matching is not None and not config.absent_mask_loss:
+            valid = match_labels.bool()
+        loss, _ = segmentation_loss(
+            fields["pred_masks"],
+            fields["iou_scores"],
+            labels,
+            original_sizes,
+            focal_weight=config.focal_loss_weight,
+            dice_weight=config.dice_loss_weight,
+            iou_weight=config.iou_loss_weight,
+            valid=valid,
+        )
+        return loss if matching is None else loss + matching
 
     def _blip_image_embeds(
         self, blip_pixel_values: torch.Tensor | None, blip_image_embeds: torch.Tensor | None, reason: str
