@@ -435,8 +435,18 @@ def test_post_process_masks_errors() -> None:
     processor = EsamBlipImageProcessor(sam_image_size=64)
     with pytest.raises(ValueError, match="max_hole_area"):
         processor.post_process_masks(torch.zeros(1, 1, 1, 4, 4), [(8, 8)], max_hole_area=10)
-    with pytest.raises(ValueError, match="masks for 2 images but 1"):
-        processor.post_process_masks(torch.zeros(2, 1, 1, 4, 4), [(8, 8)])
+    with pytest.raises(ValueError, match=r"masks for 3 images \(or texts\) but 2 `original_sizes`"):
+        processor.post_process_masks(torch.zeros(3, 1, 1, 4, 4), [(8, 8), (9, 9)])
+
+
+def test_post_process_masks_broadcasts_one_size_to_every_text() -> None:
+    # Several texts prompting one image put the texts on the batch axis: one original size serves them all.
+    logits = torch.randn(3, 1, 3, 16, 16)
+    processor = EsamBlipImageProcessor(sam_image_size=64)
+    masks = processor.post_process_masks(logits, torch.tensor([[20, 30]]))
+    assert len(masks) == 3
+    for text_logits, text_masks in zip(logits, masks):
+        assert torch.equal(text_masks, F.interpolate(text_logits, (20, 30), mode="bicubic", align_corners=False) > 0)
 
 
 # ------------------------------------------------------------------------------------ saving and loading

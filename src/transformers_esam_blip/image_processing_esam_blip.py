@@ -565,7 +565,8 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
 
         Args:
             masks: `[B, Q, M, h, w]` logits, or a list of `B` arrays `[..., h, w]` (e.g. `[Q, M, h, w]`).
-            original_sizes: `[B, 2]` `(height, width)` of each image.
+            original_sizes: `[B, 2]` `(height, width)` of each image, or `[1, 2]` for all: several texts prompting
+                one image give `pred_masks [T, Q, M, h, w]` with the texts on the batch axis, all of that image's size.
             reshaped_input_sizes: accepted for API compatibility with SAM and unused (the SAM frame has no padding).
             mask_threshold (`float`, defaults to 0.0): logits above it are foreground.
             binarize (`bool`, defaults to `True`): return boolean masks; otherwise float32 logits.
@@ -577,8 +578,13 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
             raise ValueError(f"`post_process_masks` does not support {sorted(kwargs)} for EfficientSAM masks.")
         if isinstance(original_sizes, (torch.Tensor, np.ndarray)):
             original_sizes = original_sizes.tolist()
+        if len(original_sizes) == 1 and len(masks) > 1:
+            original_sizes = list(original_sizes) * len(masks)
         if len(masks) != len(original_sizes):
-            raise ValueError(f"Got masks for {len(masks)} images but {len(original_sizes)} `original_sizes`.")
+            raise ValueError(
+                f"Got masks for {len(masks)} images (or texts) but {len(original_sizes)} `original_sizes`; give one "
+                "size per entry of `masks`, or one size for all."
+            )
         outputs = []
         for image_masks, (height, width) in zip(masks, original_sizes, strict=True):
             image_masks = torch.as_tensor(image_masks)
