@@ -119,6 +119,22 @@ def test_cli_push_to_hub_arguments(tmp_path):
     assert not cli_training_arguments(build_parser().parse_args(argv[:-2])).push_to_hub
 
 
+def test_cli_absent_mask_loss_sets_the_config(tmp_path):
+    from transformers_esam_blip.training import _load_model
+
+    base = ["--config", "tiny", *SCENE_ARGS, "--output_dir", str(tmp_path)]
+    assert _load_model(build_parser().parse_args(base))[0].config.absent_mask_loss is False
+    assert _load_model(build_parser().parse_args([*base, "--absent_mask_loss"]))[0].config.absent_mask_loss is True
+    # From a checkpoint, the flag overrides the saved setting and its absence keeps it.
+    model, processor = _load_model(build_parser().parse_args([*base, "--absent_mask_loss"]))
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    from_checkpoint = ["--model", str(tmp_path / "ckpt"), *SCENE_ARGS, "--output_dir", str(tmp_path / "run")]
+    assert _load_model(build_parser().parse_args(from_checkpoint))[0].config.absent_mask_loss is True
+    turned_off = [*from_checkpoint, "--no-absent_mask_loss"]
+    assert _load_model(build_parser().parse_args(turned_off))[0].config.absent_mask_loss is False
+
+
 def test_resume_continues_the_global_step(tmp_path, capsys):
     output = tmp_path / "out"
     argv = [
@@ -295,6 +311,7 @@ def test_shapes_config_is_the_builtin_architecture():
     from transformers_esam_blip import builtin_model_path
 
     shipped = EsamBlipConfig.from_pretrained(builtin_model_path())
+    assert shipped.absent_mask_loss is True  # how it was trained (README: --absent_mask_loss)
     for name in ("sam_vision_config", "prompt_encoder_config", "mask_decoder_config", "vision_config", "text_config"):
         expected, got = getattr(config, name).to_dict(), getattr(shipped, name).to_dict()
         differing = {key for key in expected if key not in ("transformers_version", "dtype") and expected[key] != got.get(key)}

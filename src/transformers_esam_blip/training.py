@@ -519,6 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--prompter_source", choices=PROMPTER_SOURCES, help="add/replace the learned text prompter")
     model.add_argument("--fusion_type", choices=FUSION_TYPES, help="add/replace the fusion of the two encoders")
     model.add_argument("--freeze", choices=FREEZE_PRESETS, default="all", help="what trains (default: all)")
+    model.add_argument(
+        "--absent_mask_loss",
+        action=argparse.BooleanOptionalAction,
+        help="also train absent expressions' masks towards empty (config.absent_mask_loss; default: the model's "
+        "config, off for --config): the packaged esam-blip-shapes model was trained with it",
+    )
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", required=True, type=Path, help="checkpoints and the final model go here")
     train.add_argument("--max_steps", type=int, default=-1, help="optimizer steps (overrides --num_train_epochs)")
@@ -606,9 +612,8 @@ def _load_dataset(
 
 def _load_model(args: argparse.Namespace) -> tuple[EsamBlipForPromptableSegmentation, EsamBlipProcessor]:
     """The model and processor of `--model` or `--config`, with the prompter/fusion the command line asks for."""
-    overrides = {
-        name: getattr(args, name) for name in ("prompter_source", "fusion_type") if getattr(args, name) is not None
-    }
+    names = ("prompter_source", "fusion_type", "absent_mask_loss")
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     model_class = EsamBlipForImageTextMatching if args.task == "itm" else EsamBlipForPromptableSegmentation
     if args.config is not None:
         make_processor, make_config = _BUILTIN[args.config]
