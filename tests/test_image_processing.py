@@ -640,3 +640,21 @@ def test_mask_generation_pipeline_runs_end_to_end() -> None:
     assert len(out["masks"]) == len(out["scores"]) == len(out["rle_mask"]) == len(out["bounding_boxes"]) >= 1
     assert all(mask.shape == (30, 40) and mask.dtype == torch.bool for mask in out["masks"])
     assert out["scores"].tolist() == sorted(out["scores"].tolist(), reverse=True)
+
+
+def test_post_process_points_inverts_the_prompt_scaling() -> None:
+    processor = EsamBlipImageProcessor(sam_image_size=64)
+    image = random_uint8(40, 100)  # H=40, W=100
+    pixels = [[10.0, 5.0], [99.0, 39.0]]
+    framed = processor(image, input_points=[[pixels]], return_tensors="pt")["input_points"][0, 0]  # [P, 2] in 64²
+    text_points = torch.cat([framed, torch.tensor([[-1.0, -1.0]])])[None]  # one text, one padding point
+    back = processor.post_process_points(text_points, [(40, 100)])
+    assert len(back) == 1 and back[0].dtype == torch.float32
+    torch.testing.assert_close(back[0][:2], torch.tensor(pixels))
+    assert back[0][2].tolist() == [-1.0, -1.0]
+    # One size for several texts on one image; one size per entry otherwise.
+    assert len(processor.post_process_points(torch.zeros(3, 2, 2), torch.tensor([[40, 100]]))) == 3
+    with pytest.raises(ValueError, match=r"points for 2 images \(or texts\) but 3 `original_sizes`"):
+        processor.post_process_points(torch.zeros(2, 1, 2), [(1, 1)] * 3)
+    with pytest.raises(ValueError, match=r"shape \[\.\.\., 2\] \(x, y\), got \(1, 3\)"):
+        processor.post_process_points(torch.zeros(1, 1, 3), [(1, 1)])

@@ -603,6 +603,42 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
             outputs.append(logits > mask_threshold if binarize else logits)
         return outputs
 
+    def post_process_points(
+        self, points: torch.Tensor | Sequence[torch.Tensor], original_sizes: SizeLike
+    ) -> list[torch.Tensor]:
+        """
+        Map points from the square EfficientSAM frame (`prompt_points` of Grad-CAM text prompts, `[T, K, 2]` (x, y))
+        back to original-image pixels, per axis (`x * W / S`, `y * H / S`), the inverse of the prompt scaling.
+        Padding points `(-1, -1)` stay `(-1, -1)`.
+
+        Args:
+            points: `[B, K, 2]`, or a list of `B` tensors `[..., 2]`.
+            original_sizes: `[B, 2]` `(height, width)` of each image, or `[1, 2]` for all (several texts, one image).
+
+        Returns:
+            `list[torch.Tensor]`: per entry, float32 `[..., 2]` in image pixels.
+        """
+        if self.sam_image_size is None:
+            raise ValueError("This image processor has no EfficientSAM frame (`sam_image_size=None`).")
+        if isinstance(original_sizes, (torch.Tensor, np.ndarray)):
+            original_sizes = original_sizes.tolist()
+        if len(original_sizes) == 1 and len(points) > 1:
+            original_sizes = list(original_sizes) * len(points)
+        if len(points) != len(original_sizes):
+            raise ValueError(
+                f"Got points for {len(points)} images (or texts) but {len(original_sizes)} `original_sizes`; give one "
+                "size per entry of `points`, or one size for all."
+            )
+        outputs = []
+        for entry, (height, width) in zip(points, original_sizes, strict=True):
+            entry = torch.as_tensor(entry).float()
+            if entry.ndim < 1 or entry.shape[-1] != 2:
+                raise ValueError(f"Each entry of `points` must have shape [..., 2] (x, y), got {tuple(entry.shape)}.")
+            scale = entry.new_tensor([int(width), int(height)]) / self.sam_image_size
+            padding = (entry == -1).all(dim=-1, keepdim=True)
+            outputs.append(torch.where(padding, entry, entry * scale))
+        return outputs
+
     # -------------------------------------------------- mask-generation hooks
 
     def generate_crop_boxes(

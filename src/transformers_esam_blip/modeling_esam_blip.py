@@ -50,6 +50,7 @@ class EsamBlipSegmentationOutput(ModelOutput):
             `fusion_type="multilevel"` the encoder's output with the BLIP stream added inside it.
         prompt_points (`torch.FloatTensor` of shape `[T, K, 2]`, text prompts only): the points chosen from each
             text's heatmap, (x, y) cell centres in the encoder frame; unused slots are (-1, -1).
+            `processor.post_process_points(prompt_points, original_sizes)` maps them to image pixels.
         prompt_labels (`torch.LongTensor` of shape `[T, K]`, text prompts only): 1 salient, 0 background, -1 unused.
         heatmap (`torch.FloatTensor` of shape `[T, g, g]`, text prompts only): Grad-CAM of each text (caption mean).
         enhanced_heatmap (`torch.FloatTensor` of shape `[T, g, g]`, text prompts only): mask-enhanced heatmap in

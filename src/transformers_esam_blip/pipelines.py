@@ -25,12 +25,6 @@ def _text_list(text: Any, name: str) -> list[str]:
     return list(texts)
 
 
-def _points_to_image(points: torch.Tensor, original_size: tuple[int, int], frame_size: int) -> torch.Tensor:
-    """`[K, 2]` (x, y) from the square SAM frame back to original-image pixels, per axis (`x * W / S`, `y * H / S`)."""
-    height, width = original_size
-    return torch.stack([points[:, 0] * width / frame_size, points[:, 1] * height / frame_size], dim=-1)
-
-
 class TextPromptedSegmentationPipeline(Pipeline):
     """
     Text-prompted segmentation with an EsamBlip checkpoint that has both halves. Zero-shot (`text_prompt_mode=
@@ -186,14 +180,14 @@ class TextPromptedSegmentationPipeline(Pipeline):
         best = outputs["iou_scores"][:, 0].argmax(dim=-1)
         best_logits = outputs["pred_masks"][torch.arange(num_texts), 0, best]
         masks = self.processor.post_process_masks([best_logits], [original_size], mask_threshold=mask_threshold)[0]
-        frame_size = self.processor.image_processor.sam_image_size
         results = []
         from_gradcam = outputs.get("prompt_points") is not None
         for t, text in enumerate(model_outputs["texts"]):
             points, point_labels = [], []
             if from_gradcam:
                 real = outputs["prompt_labels"][t] != _PADDING_LABEL
-                points = _points_to_image(outputs["prompt_points"][t][real].float(), original_size, frame_size).tolist()
+                text_points = outputs["prompt_points"][t][real]
+                points = self.processor.post_process_points([text_points], [original_size])[0].tolist()
                 point_labels = outputs["prompt_labels"][t][real].tolist()
             results.append(
                 {

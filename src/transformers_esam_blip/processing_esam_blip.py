@@ -256,5 +256,9 @@ class EsamBlipProcessor(BuiltinNamesMixin, ProcessorMixin):
         """Forwards to [`EsamBlipImageProcessor.post_process_masks`]."""
         return self.image_processor.post_process_masks(*args, **kwargs)
 
+    def post_process_points(self, *args, **kwargs) -> list:
+        """Forwards to [`EsamBlipImageProcessor.post_process_points`]."""
+        return self.image_processor.post_process_points(*args, **kwargs)
+
 
 __all__ = ["EsamBlipProcessor", "build_blip_tokenizer", "pre_caption"]
