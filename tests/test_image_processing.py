@@ -437,6 +437,8 @@ def test_post_process_masks_errors() -> None:
         processor.post_process_masks(torch.zeros(1, 1, 1, 4, 4), [(8, 8)], max_hole_area=10)
     with pytest.raises(ValueError, match=r"masks for 3 images \(or texts\) but 2 `original_sizes`"):
         processor.post_process_masks(torch.zeros(3, 1, 1, 4, 4), [(8, 8), (9, 9)])
+    with pytest.raises(ValueError, match=r"`original_sizes` must hold \(height, width\) pairs, got \[\[8, 8, 3\]\]"):
+        processor.post_process_masks(torch.zeros(1, 1, 1, 4, 4), [[8, 8, 3]])
 
 
 def test_post_process_masks_broadcasts_one_size_to_every_text() -> None:

@@ -31,6 +31,26 @@ from .mask_generation_utils import (
 ImageLike = PIL.Image.Image | np.ndarray | torch.Tensor
 SizeLike = torch.Tensor | np.ndarray | Sequence[Sequence[int]]
 
+
+def _sizes_per_entry(original_sizes: SizeLike, num_entries: int, what: str) -> list[tuple[int, int]]:
+    """
+    `(height, width)` for each of `num_entries` entries of `what` (images, or texts of one image): one size per entry,
+    or one size shared by all. Raises a `ValueError` naming both counts otherwise.
+    """
+    if isinstance(original_sizes, (torch.Tensor, np.ndarray)):
+        original_sizes = original_sizes.tolist()
+    sizes = list(original_sizes)
+    if any(len(size) != 2 for size in sizes):
+        raise ValueError(f"`original_sizes` must hold (height, width) pairs, got {sizes}.")
+    if len(sizes) == 1 and num_entries > 1:
+        sizes = sizes * num_entries
+    if len(sizes) != num_entries:
+        raise ValueError(
+            f"Got {what} for {num_entries} images (or texts) but {len(sizes)} `original_sizes`; give one size per "
+            f"entry of `{what}`, or one size for all."
+        )
+    return [(int(height), int(width)) for height, width in sizes]
+
 # PIL raises DecompressionBombError above twice its MAX_IMAGE_PIXELS; the same bound keeps a bad array from
 # allocating tens of GB in the resize.
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
@@ -576,15 +596,7 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         """
         if kwargs:
             raise ValueError(f"`post_process_masks` does not support {sorted(kwargs)} for EfficientSAM masks.")
-        if isinstance(original_sizes, (torch.Tensor, np.ndarray)):
-            original_sizes = original_sizes.tolist()
-        if len(original_sizes) == 1 and len(masks) > 1:
-            original_sizes = list(original_sizes) * len(masks)
-        if len(masks) != len(original_sizes):
-            raise ValueError(
-                f"Got masks for {len(masks)} images (or texts) but {len(original_sizes)} `original_sizes`; give one "
-                "size per entry of `masks`, or one size for all."
-            )
+        original_sizes = _sizes_per_entry(original_sizes, len(masks), "masks")
         outputs = []
         for image_masks, (height, width) in zip(masks, original_sizes, strict=True):
             image_masks = torch.as_tensor(image_masks)
@@ -620,15 +632,7 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         """
         if self.sam_image_size is None:
             raise ValueError("This image processor has no EfficientSAM frame (`sam_image_size=None`).")
-        if isinstance(original_sizes, (torch.Tensor, np.ndarray)):
-            original_sizes = original_sizes.tolist()
-        if len(original_sizes) == 1 and len(points) > 1:
-            original_sizes = list(original_sizes) * len(points)
-        if len(points) != len(original_sizes):
-            raise ValueError(
-                f"Got points for {len(points)} images (or texts) but {len(original_sizes)} `original_sizes`; give one "
-                "size per entry of `points`, or one size for all."
-            )
+        original_sizes = _sizes_per_entry(original_sizes, len(points), "points")
         outputs = []
         for entry, (height, width) in zip(points, original_sizes, strict=True):
             entry = torch.as_tensor(entry).float()
