@@ -12,7 +12,7 @@ present (match label 1), `itm_roc_auc` ranks present against absent expressions 
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .builtin import DEFAULT_BUILTIN_MODEL
 from .data import load_referring_dataset, mask_to_bool, synthetic_referring_dataset
-from .metrics import best_masks, compute_referring_metrics
+from .metrics import best_masks, compute_referring_metrics, roc_auc
 from .modeling_esam_blip import TEXT_PROMPT_MODES, EsamBlipForPromptableSegmentation
 from .processing_esam_blip import EsamBlipProcessor
 
@@ -76,6 +76,7 @@ def evaluate_referring_segmentation(
     text_prompt_mode: str = "learned",
     max_texts_per_call: int = 32,
     progress: bool = True,
+    breakdown: bool = False,
 ) -> dict[str, float]:
     """
     Segment every row of a referring dataset (columns `image`, `text`, `mask`, `match_label`) and score it with
@@ -87,10 +88,13 @@ def evaluate_referring_segmentation(
         text_prompt_mode (`str`, defaults to `"learned"`): `"learned"` or `"gradcam"`.
         max_texts_per_call (`int`, defaults to 32): expressions of one image segmented in one forward pass.
         progress (`bool`, defaults to True): show a progress bar.
+        breakdown (`bool`, defaults to False): add the scores of [`synthetic_breakdown`] (needs the `scene_id`,
+            `colour` and `shape` columns of [`synthetic_referring_dataset`]).
 
     Returns:
         `dict[str, float]`: `mean_iou`, `cumulative_iou`, `precision@0.5/0.7/0.9` (present expressions),
-        `itm_accuracy`, `itm_roc_auc`, and `num_present`, `num_absent`.
+        `itm_accuracy`, `itm_roc_auc`, and `num_present`, `num_absent`; with `breakdown`, the keys of
+        [`synthetic_breakdown`] too.
     """
     if text_prompt_mode not in TEXT_PROMPT_MODES:
         raise ValueError(f"`text_prompt_mode` must be one of {TEXT_PROMPT_MODES}, got {text_prompt_mode!r}.")
@@ -99,6 +103,8 @@ def evaluate_referring_segmentation(
         raise ValueError(f"The dataset lacks the column(s) {missing}; it has {dataset.column_names}.")
     if max_texts_per_call < 1:
         raise ValueError(f"`max_texts_per_call` must be >= 1, got {max_texts_per_call}.")
+    if breakdown:
+        _check_breakdown_columns(dataset)
     model.eval()
     predictions, targets, probabilities, labels = [], [], [], []
     with tqdm(total=len(dataset), desc="Evaluating", unit="expr", disable=not progress) as bar:
@@ -116,6 +122,92 @@ def evaluate_referring_segmentation(
     results = compute_referring_metrics(predictions, targets, np.array(probabilities), np.array(labels))
     results["num_present"] = int(sum(labels))
     results["num_absent"] = len(labels) - int(sum(labels))
+    if breakdown:
+        ious = [_iou(prediction, target) for prediction, target in zip(predictions, targets)]
+        results.update(synthetic_breakdown(dataset, ious, probabilities))
+    return results
+
+
+_BREAKDOWN_COLUMNS = ("scene_id", "colour", "shape", "match_label")
+
+
+def _check_breakdown_columns(dataset: datasets.Dataset) -> None:
+    missing = [name for name in _BREAKDOWN_COLUMNS if name not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"The breakdown needs the columns {list(_BREAKDOWN_COLUMNS)} of synthetic_referring_dataset; the dataset "
+            f"lacks {missing}."
+        )
+
+
+def _iou(prediction: np.ndarray, target: np.ndarray) -> float:
+    union = np.logical_or(prediction, target).sum()
+    return float(np.logical_and(prediction, target).sum() / union) if union else 1.0
+
+
+def synthetic_breakdown(
+    dataset: datasets.Dataset, ious: Sequence[float], match_probabilities: Sequence[float]
+) -> dict[str, float]:
+    """
+    Where a model fails on the synthetic task: mIoU by whether another object of the scene shares the referred
+    object's colour or shape, and ITM ROC-AUC of all present expressions against each kind of absent expression.
+
+    Args:
+        dataset (`datasets.Dataset`): rows of [`synthetic_referring_dataset`] (columns `scene_id`, `colour`, `shape`,
+            `match_label`); a scene's objects are its present rows, so pass whole scenes.
+        ious (`Sequence[float]`): one IoU per row (read for present rows only).
+        match_probabilities (`Sequence[float]`): one match probability per row.
+
+    Returns:
+        `dict[str, float]` (NaN where a group is empty; the `num_*` counts are ints):
+        - `mean_iou_distinct`: present objects whose colour and shape are both unique in the scene;
+        - `mean_iou_same_colour` / `mean_iou_same_shape`: another object of the scene has the same colour / shape
+          (an object can be in both groups);
+        - `itm_roc_auc_colour_absent`: absent expressions whose colour is in no object of the scene;
+        - `itm_roc_auc_shape_absent`: the colour is in the scene, the shape is not;
+        - `itm_roc_auc_both_present`: the colour and the shape are in the scene, on different objects.
+    """
+    _check_breakdown_columns(dataset)
+    columns = {name: dataset[name] for name in _BREAKDOWN_COLUMNS}
+    if not len(ious) == len(match_probabilities) == len(dataset):
+        raise ValueError(
+            f"`ious` ({len(ious)}) and `match_probabilities` ({len(match_probabilities)}) need one value per row of "
+            f"the dataset ({len(dataset)})."
+        )
+    objects: dict[int, list[tuple[str, str]]] = {}
+    for scene, colour, shape, label in zip(*columns.values()):
+        if label == 1:
+            objects.setdefault(scene, []).append((colour, shape))
+    iou_groups: dict[str, list[float]] = {"distinct": [], "same_colour": [], "same_shape": []}
+    negative_groups: dict[str, list[float]] = {"colour_absent": [], "shape_absent": [], "both_present": []}
+    positives = []
+    for index, (scene, colour, shape, label) in enumerate(zip(*columns.values())):
+        scene_objects = objects.get(scene, [])
+        colours = [c for c, _ in scene_objects]
+        shapes = [s for _, s in scene_objects]
+        if label == 1:
+            positives.append(match_probabilities[index])
+            same_colour, same_shape = colours.count(colour) > 1, shapes.count(shape) > 1
+            if same_colour:
+                iou_groups["same_colour"].append(ious[index])
+            if same_shape:
+                iou_groups["same_shape"].append(ious[index])
+            if not (same_colour or same_shape):
+                iou_groups["distinct"].append(ious[index])
+        else:
+            kind = (
+                "colour_absent" if colour not in colours else "shape_absent" if shape not in shapes else "both_present"
+            )
+            negative_groups[kind].append(match_probabilities[index])
+    results: dict[str, float] = {}
+    for name, values in iou_groups.items():
+        results[f"mean_iou_{name}"] = float(np.mean(values)) if values else float("nan")
+        results[f"num_{name}"] = len(values)
+    for name, negatives in negative_groups.items():
+        scores = np.array(positives + negatives, dtype=float)
+        labels = np.array([1] * len(positives) + [0] * len(negatives))
+        results[f"itm_roc_auc_{name}"] = roc_auc(scores, labels)  # NaN when a side is empty
+        results[f"num_{name}"] = len(negatives)
     return results
 
 
@@ -134,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--absent_fraction", type=float, default=0.25, help="synthetic absent expressions (0.25)")
     parser.add_argument("--text_prompt_mode", choices=TEXT_PROMPT_MODES, default="learned")
     parser.add_argument("--cache_dir", help="`datasets` cache folder")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="synthetic data: mIoU and ITM ROC-AUC by kind of confusion"
+    )
     parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
     return parser
 
@@ -152,19 +247,21 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             dataset = load_referring_dataset(args.dataset, split=args.dataset_split, cache_dir=args.cache_dir)
-        results = evaluate_referring_segmentation(model, processor, dataset, args.text_prompt_mode)
+        results = evaluate_referring_segmentation(
+            model, processor, dataset, args.text_prompt_mode, breakdown=args.breakdown
+        )
     except (OSError, ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{args.model} on {args.dataset} ({len(dataset)} expressions, text_prompt_mode={args.text_prompt_mode}):")
     for name, value in results.items():
-        print(f"  {name:<16} {value:.4f}" if isinstance(value, float) else f"  {name:<16} {value}")
+        print(f"  {name:<26} {value:.4f}" if isinstance(value, float) else f"  {name:<26} {value}")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
-__all__ = ["DEFAULT_TEST_SEED", "evaluate_referring_segmentation", "predict_referring"]
+__all__ = ["DEFAULT_TEST_SEED", "evaluate_referring_segmentation", "predict_referring", "synthetic_breakdown"]
 
 if __name__ == "__main__":
     sys.exit(main())
