@@ -348,8 +348,11 @@ def run_itm(args: argparse.Namespace) -> dict[str, Any]:
     inputs = processor(images=image, text=args.text, return_tensors="pt").to(device=device, dtype=model.dtype)
     with torch.inference_mode():
         image_embeds = model.get_image_features(inputs["blip_pixel_values"])
+        # A checkpoint with `itm_fusion` matches with the EfficientSAM features too.
+        sam_embeddings = model.model.get_image_embeddings(inputs["pixel_values"]) if config.itm_fusion else None
         texts = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-        match = model(**texts, image_embeds=image_embeds, use_itm_head=True).itm_score.softmax(dim=-1)[:, 1]
+        itm = model(**texts, image_embeds=image_embeds, image_embeddings=sam_embeddings, use_itm_head=True)
+        match = itm.itm_score.softmax(dim=-1)[:, 1]
         similarity = model(**texts, image_embeds=image_embeds, use_itm_head=False).itm_score[0]
     results = []
     print("ITM match  ITC similarity  text")

@@ -201,6 +201,12 @@ class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
             attention and the `"adapter"` bottlenecks; defaults to the image-embedding channels.
         fusion_num_attention_heads (`int`, defaults to 8): heads of the `"cross_attention"` fusion; must divide
             `fusion_hidden_size`.
+        itm_fusion (`bool`, defaults to `False`): also give image-text matching EfficientSAM's view of the image:
+            the EfficientSAM image embeddings, average-pooled to the BLIP patch grid, pass a LayerNorm and a
+            zero-initialised projection and are added to BLIP's patch tokens before the ITM cross-attention ([CLS]
+            untouched; see `fusion.EsamBlipItmFusion`). ITM, Grad-CAM and learned prompts from `"itm"` then read the
+            sum, and the ITM needs the EfficientSAM input too (`pixel_values` or `image_embeddings`). Needs both
+            halves; not with `fusion_type="multilevel"`. `False` builds nothing (converted checkpoints stay exact).
         prompter_source (`str`, *optional*): builds the learned text prompter (`text_prompt_mode="learned"`) from
             `"text"` (the text-only [CLS] hidden state) or `"itm"` (the [ENC] hidden state of the ITM pass, which
             cross-attends to the image). `None` (the default) builds no prompter, as for converted checkpoints.
@@ -242,6 +248,7 @@ class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
     fusion_layer: int | None = None
     fusion_hidden_size: int | None = None
     fusion_num_attention_heads: int = 8
+    itm_fusion: bool = False
     prompter_source: str | None = None
     num_prompt_tokens: int = 4
     focal_loss_weight: float = 20.0
@@ -335,7 +342,19 @@ class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
                 f"`prompter_source` must be None (no learned prompter) or one of {PROMPTER_SOURCES}, got "
                 f"{self.prompter_source!r}."
             )
-        for name, active in (("fusion_type", self.fusion_type != "none"), ("prompter_source", self.prompter_source)):
+        if not isinstance(self.itm_fusion, bool):
+            raise TypeError(f"`itm_fusion` must be a bool, got {type(self.itm_fusion).__name__}.")
+        if self.itm_fusion and self.fusion_type == "multilevel":
+            raise ValueError(
+                "`itm_fusion=True` adds the plain EfficientSAM embeddings to BLIP's tokens, but `fusion_type="
+                "'multilevel'` makes the EfficientSAM encoder depend on BLIP: choose one of the two."
+            )
+        joins = (
+            ("fusion_type", self.fusion_type != "none"),
+            ("prompter_source", self.prompter_source),
+            ("itm_fusion", self.itm_fusion),
+        )
+        for name, active in joins:
             if active and not (self.has_segmentation and self.has_blip):
                 raise ValueError(
                     f"`{name}={getattr(self, name)!r}` joins BLIP and EfficientSAM: the config needs both halves, got "

@@ -163,6 +163,52 @@ class EsamBlipMultilevelFusion(EsamBlipFusion):
         return blip_tokens_to_grid(projected, grid_size).flatten(2).transpose(1, 2)
 
 
+class EsamBlipItmFusion(nn.Module):
+    """
+    EfficientSAM features into image-text matching (`config.itm_fusion`): the EfficientSAM image embeddings are
+    average-pooled to the BLIP patch grid, layer-normalised and projected to the BLIP width by a zero-initialised
+    linear layer, then added to BLIP's patch tokens; the [CLS] token is left as it is. A fresh module is the identity,
+    so ITM starts from BLIP's own tokens. EfficientSAM's ViT, trained by the masks, encodes shape well where a small
+    BLIP ViT trained by ITM alone learns mostly colour (README); the sum gives the ITM cross-attention both.
+    """
+
+    def __init__(self, sam_channels: int, blip_width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(sam_channels)
+        self.proj = EsamBlipZeroInitLinear(sam_channels, blip_width)
+
+    def forward(self, blip_image_embeds: Tensor, image_embeddings: Tensor) -> Tensor:
+        """
+        Args:
+            blip_image_embeds: `[B, 1 + g_b * g_b, D]` BLIP ViT output.
+            image_embeddings: `[B, C, g_s, g_s]` EfficientSAM image embeddings of the same images.
+
+        Returns:
+            `[B, 1 + g_b * g_b, D]`, the tokens the ITM cross-attention reads.
+        """
+        side = math.isqrt(max(blip_image_embeds.shape[1] - 1, 0)) if blip_image_embeds.ndim == 3 else 0
+        if side < 1 or side * side != blip_image_embeds.shape[1] - 1:
+            raise ValueError(
+                "`blip_image_embeds` must have shape [batch, 1 + g*g, width] ([CLS] then a square patch grid), got "
+                f"{tuple(blip_image_embeds.shape)}."
+            )
+        if image_embeddings.ndim != 4 or image_embeddings.shape[0] != blip_image_embeds.shape[0]:
+            raise ValueError(
+                f"`image_embeddings` must be [batch, channels, g, g] with the batch of `blip_image_embeds` "
+                f"({blip_image_embeds.shape[0]}), got {tuple(image_embeddings.shape)}."
+            )
+        pooled = F.adaptive_avg_pool2d(image_embeddings, (side, side)).flatten(2).transpose(1, 2)
+        patches = blip_image_embeds[:, 1:] + self.proj(self.norm(pooled)).to(blip_image_embeds.dtype)
+        return torch.cat([blip_image_embeds[:, :1], patches], dim=1)
+
+
+def build_itm_fusion(config: EsamBlipConfig) -> EsamBlipItmFusion | None:
+    """The module of `config.itm_fusion`, or `None` (no parameters, no keys)."""
+    if not config.itm_fusion:
+        return None
+    return EsamBlipItmFusion(config.sam_vision_config.output_channels, config.vision_config.hidden_size)
+
+
 def build_fusion(config: EsamBlipConfig) -> EsamBlipFusion | None:
     """The fusion module `config.fusion_type` asks for, or `None` for `"none"` (no parameters, no keys)."""
     fusion_type = config.fusion_type
@@ -190,9 +236,11 @@ __all__ = [
     "EsamBlipConcatFusion",
     "EsamBlipCrossAttentionFusion",
     "EsamBlipFusion",
+    "EsamBlipItmFusion",
     "EsamBlipMultilevelFusion",
     "EsamBlipZeroInitConv2d",
     "EsamBlipZeroInitLinear",
     "blip_tokens_to_grid",
     "build_fusion",
+    "build_itm_fusion",
 ]

@@ -10,7 +10,7 @@ from transformers.utils import ModelOutput, logging
 
 from .builtin import BuiltinNamesMixin
 from .configuration_esam_blip import EsamBlipConfig
-from .fusion import ZERO_INIT_LAYERS, build_fusion
+from .fusion import ZERO_INIT_LAYERS, build_fusion, build_itm_fusion
 from .gradcam import pnp_vqa_gradcams
 from .losses import itm_loss, segmentation_loss
 from .modeling_blip_itm import (
@@ -117,6 +117,7 @@ class EsamBlipModel(EsamBlipPreTrainedModel):
         self.sam = EfficientSamModule(config) if config.has_segmentation else None
         self.blip = EsamBlipImageTextModule(config) if config.has_blip else None
         self.fusion = build_fusion(config)
+        self.itm_fusion = build_itm_fusion(config)
         self.prompter = EsamBlipTextPrompter.from_config(config) if config.prompter_source is not None else None
         self.post_init()
 
@@ -148,6 +149,27 @@ class EsamBlipModel(EsamBlipPreTrainedModel):
     def get_image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`pixel_values [B, 3, S, S]` (from `EsamBlipImageProcessor`) → EfficientSAM `image_embeddings [B, C, g, g]`."""
         return self.require_segmentation().get_image_embeddings(pixel_values)
+
+    def itm_image_embeds(
+        self,
+        blip_image_embeds: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        The image tokens the ITM cross-attention reads: `blip_image_embeds` itself, or with `config.itm_fusion` the
+        EfficientSAM embeddings (`image_embeddings`, or computed from `pixel_values`) added to them.
+        """
+        if self.itm_fusion is None:
+            return blip_image_embeds
+        if (pixel_values is None) == (image_embeddings is None):
+            raise ValueError(
+                "This checkpoint's image-text matching also reads EfficientSAM features (`config.itm_fusion`): pass "
+                "exactly one of `pixel_values` (the processor's EfficientSAM input) and `image_embeddings`."
+            )
+        if image_embeddings is None:
+            image_embeddings = self.get_image_embeddings(pixel_values)
+        return self.itm_fusion(blip_image_embeds, image_embeddings)
 
     def forward(
         self,
@@ -335,6 +357,8 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
             blip_image_embeds = None
         image_embeddings = self._image_embeddings(sam, pixel_values, image_embeddings, blip_image_embeds)
         decoder_embeddings = self._fused_embeddings(image_embeddings, blip_image_embeds)
+        if blip_image_embeds is not None and input_ids is not None:
+            itm_image_embeds = self.model.itm_image_embeds(blip_image_embeds, image_embeddings=image_embeddings)
 
         itm_logits = None
         if input_ids is None:
@@ -353,7 +377,7 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
                 fields = self._segment_with_gradcam(
                     sam,
                     decoder_embeddings,
-                    blip_image_embeds,
+                    itm_image_embeds,
                     input_ids,
                     attention_mask,
                     input_points,
@@ -365,7 +389,7 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
                 fields, itm_logits = self._segment_with_learned_prompts(
                     sam,
                     decoder_embeddings,
-                    blip_image_embeds,
+                    itm_image_embeds,
                     input_ids,
                     attention_mask,
                     input_points,
@@ -383,7 +407,7 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         self,
         sam: EfficientSamModule,
         image_embeddings: torch.Tensor,
-        blip_image_embeds: torch.Tensor,
+        itm_image_embeds: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         input_points: torch.Tensor | None,
@@ -394,7 +418,7 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         """Zero-shot text prompts: Grad-CAM peaks become points appended to each query (output fields as a dict)."""
         num_texts = input_ids.shape[0]
         gradcam, itm_logits = self.model.blip.compute_gradcam(
-            input_ids, attention_mask, _pair_images(blip_image_embeds, num_texts)
+            input_ids, attention_mask, _pair_images(itm_image_embeds, num_texts)
         )
         heatmap = gradcam[:, 1]
         text_points, text_labels = heatmap_to_prompts(
@@ -435,7 +459,7 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         self,
         sam: EfficientSamModule,
         image_embeddings: torch.Tensor,
-        blip_image_embeds: torch.Tensor,
+        itm_image_embeds: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         input_points: torch.Tensor | None,
@@ -447,7 +471,7 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         prompter = self.model.require_prompter()
         blip = self.model.blip
         num_texts = input_ids.shape[0]
-        multimodal = blip.get_multimodal_features(input_ids, attention_mask, _pair_images(blip_image_embeds, num_texts))
+        multimodal = blip.get_multimodal_features(input_ids, attention_mask, _pair_images(itm_image_embeds, num_texts))
         itm_logits = blip.itm_head(multimodal[:, 0])
         if self.config.prompter_source == "itm":
             text_features = multimodal[:, 0]
@@ -629,6 +653,8 @@ class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
         use_itm_head: bool = True,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
     ) -> EsamBlipImageTextMatchingOutput | tuple:
         r"""
         Args:
@@ -639,6 +665,9 @@ class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
             use_itm_head (`bool`): ITM logits of pairs if True (`B_images == B_texts`, or a single image broadcast to
                 every text); ITC similarity of every image with every text otherwise.
             labels (`[B_texts]`, *optional*): 1 match / 0 no match; gives the ITM cross-entropy `loss`.
+            pixel_values (`[B_images, 3, S', S']`, *optional*): EfficientSAM input of the same images (XOR
+                `image_embeddings`); read only by checkpoints with `config.itm_fusion`, whose ITM needs one of them.
+            image_embeddings (`[B_images, C, g, g]`, *optional*): EfficientSAM image embeddings of the same images.
 
         Returns:
             [`EsamBlipImageTextMatchingOutput`]: `itm_score` is `[B_texts, 2]` ITM logits (match probability
@@ -654,8 +683,9 @@ class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
         image_embeds = self._images(blip_pixel_values, image_embeds)
         loss = image_feat = text_feat = None
         if use_itm_head:
+            itm_image_embeds = self.model.itm_image_embeds(image_embeds, pixel_values, image_embeddings)
             text_embeds = blip.get_multimodal_features(
-                input_ids, attention_mask, _pair_images(image_embeds, input_ids.shape[0])
+                input_ids, attention_mask, _pair_images(itm_image_embeds, input_ids.shape[0])
             )
             itm_score = blip.itm_head(text_embeds[:, 0])
             if labels is not None:
@@ -684,6 +714,8 @@ class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
         blip_pixel_values: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
         block_num: int | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
     ) -> EsamBlipGradCamOutput:
         r"""
         Grad-CAM of each text over its image at the cross-attention of text layer `block_num` (default
@@ -697,14 +729,17 @@ class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
             blip_pixel_values (`[B or 1, 3, S, S]`): images (XOR `image_embeds`); a single image serves every text.
             image_embeds (`[B or 1, 1 + g*g, D]`): output of `get_image_features`.
             block_num (`int`, *optional*): text layer in `[0, num_hidden_layers - 1]`.
+            pixel_values, image_embeddings (*optional*): the EfficientSAM input or embeddings of the same images,
+                for checkpoints with `config.itm_fusion` (see `forward`).
 
         Returns:
             [`EsamBlipGradCamOutput`] with `gradcam [B, L + 1, g, g]`, `gradcams [B, g*g]` (PnP-VQA's heatmap: the
             caption-mean row) and `itm_logits [B, 2]`.
         """
         blip = self.model.require_blip()
-        with torch.no_grad():  # Grad-CAM never differentiates through the ViT.
+        with torch.no_grad():  # Grad-CAM never differentiates through the ViTs.
             image_embeds = self._images(blip_pixel_values, image_embeds)
+            image_embeds = self.model.itm_image_embeds(image_embeds, pixel_values, image_embeddings)
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
             raise ValueError(
                 f"`input_ids` must be a tensor of shape [B, L], got {getattr(input_ids, 'shape', type(input_ids))}."

@@ -73,11 +73,11 @@ def apply_freezing(model: torch.nn.Module, preset: str) -> int:
     Presets:
     - `"decoder"`: the EfficientSAM mask decoder only (`model.sam.mask_decoder`), SAM's fine-tuning recipe for point
       and box prompts. The prompter, if any, stays as it is (train it first, or use `"all"`).
-    - `"prompter_fusion"`: the learned text prompter and the encoder fusion (`model.prompter`, `model.fusion`,
-      whichever the config builds), nothing else: both encoders, the prompt encoder, the mask decoder and the
+    - `"prompter_fusion"`: the learned text prompter and the encoder fusions (`model.prompter`, `model.fusion`,
+      `model.itm_fusion`, whichever the config builds), nothing else: both encoders, the prompt encoder, the mask decoder and the
       ITM/ITC heads of a converted checkpoint stay exactly as converted, and the new joins learn to drive them.
     - `"itm"`: what image-text matching uses and the text-only features do not: the BLIP image encoder, the
-      cross-attention blocks of the text encoder and the ITM head. Text-only features (the ITC text side and a
+      cross-attention blocks of the text encoder, the ITM head and the `itm_fusion` module if any. Text-only features (the ITC text side and a
       `prompter_source="text"` prompter's input) stay exactly as they are, so ITM training leaves learned text
       prompts (and their masks) unchanged.
     - `"all"`: every parameter.
@@ -100,8 +100,9 @@ def apply_freezing(model: torch.nn.Module, preset: str) -> int:
         blip = base.require_blip()
         cross_attention = [layer.crossattention for layer in blip.text_encoder.encoder.layer]
         trained = [blip.vision_model, *cross_attention, blip.itm_head]
+        trained += [base.itm_fusion] if base.itm_fusion is not None else []
     else:
-        trained = [module for module in (base.prompter, base.fusion) if module is not None]
+        trained = [module for module in (base.prompter, base.fusion, base.itm_fusion) if module is not None]
         if not trained:
             raise ValueError(
                 "`preset='prompter_fusion'` trains the learned text prompter and the encoder fusion, but the model has "
@@ -263,12 +264,15 @@ class EsamBlipItmCollator(EsamBlipDataCollator):
 
     Args:
         processor ([`EsamBlipProcessor`]): with a tokenizer and a BLIP image size.
+        sam_pixel_values (`bool`, defaults to `False`): also pass the EfficientSAM `pixel_values`, which the ITM of
+            a model with `config.itm_fusion` reads.
     """
 
-    def __init__(self, processor: EsamBlipProcessor) -> None:
+    def __init__(self, processor: EsamBlipProcessor, sam_pixel_values: bool = False) -> None:
         super().__init__(processor, mask_size="original")
         if processor.tokenizer is None or processor.image_processor.blip_image_size is None:
             raise ValueError("ITM training needs a processor with a tokenizer and `blip_image_size` set.")
+        self.sam_pixel_values = sam_pixel_values
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         kept = []
@@ -284,7 +288,9 @@ class EsamBlipItmCollator(EsamBlipDataCollator):
         batch = super().__call__(kept)
         if "input_ids" not in batch:
             raise ValueError("ITM training needs a `text` in every example.")
-        keys = ("blip_pixel_values", "input_ids", "attention_mask")
+        keys = ("blip_pixel_values", "input_ids", "attention_mask") + (
+            ("pixel_values",) if self.sam_pixel_values else ()
+        )
         return {**{key: batch[key] for key in keys}, "labels": batch["match_labels"]}
 
 
@@ -293,7 +299,10 @@ def _itm_compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
     probabilities = torch.as_tensor(logits).float().softmax(dim=-1)[:, 1].numpy()
     labels = np.asarray(eval_pred.label_ids).reshape(-1)
-    return {"itm_accuracy": float(((probabilities >= 0.5) == labels).mean()), "itm_roc_auc": roc_auc(probabilities, labels)}
+    return {
+        "itm_accuracy": float(((probabilities >= 0.5) == labels).mean()),
+        "itm_roc_auc": roc_auc(probabilities, labels),
+    }
 
 
 def build_itm_trainer(
@@ -318,7 +327,7 @@ def build_itm_trainer(
     trainer = Trainer(
         model=model,
         args=args,
-        data_collator=EsamBlipItmCollator(processor),
+        data_collator=EsamBlipItmCollator(processor, sam_pixel_values=model.config.itm_fusion),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=processor,
@@ -371,6 +380,7 @@ def tiny_sam_config_kwargs() -> dict:
             "upscaling_hidden_sizes": [8, 4],
         },
     }
+
 
 def _tokenizer_fields(processor: EsamBlipProcessor) -> tuple[dict[str, int], dict[str, int]]:
     """The text-config fields and the joint-config fields that the tokenizer fixes."""
@@ -518,6 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--text_prompt_mode", choices=TEXT_PROMPT_MODES, default="learned", help="default: learned")
     model.add_argument("--prompter_source", choices=PROMPTER_SOURCES, help="add/replace the learned text prompter")
     model.add_argument("--fusion_type", choices=FUSION_TYPES, help="add/replace the fusion of the two encoders")
+    model.add_argument(
+        "--itm_fusion",
+        action=argparse.BooleanOptionalAction,
+        help="add EfficientSAM's image embeddings to BLIP's tokens for image-text matching (config.itm_fusion; "
+        "default: the model's config, off for --config)",
+    )
     model.add_argument("--freeze", choices=FREEZE_PRESETS, default="all", help="what trains (default: all)")
     model.add_argument(
         "--absent_mask_loss",
@@ -533,7 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight_decay", type=float, default=0.0, help="default 0")
     train.add_argument("--warmup_steps", type=int, default=0, help="default 0")
     train.add_argument(
-        "--lr_scheduler_type", default="linear", help="a transformers scheduler name (linear, cosine, ...); default linear"
+        "--lr_scheduler_type",
+        default="linear",
+        help="a transformers scheduler name (linear, cosine, ...); default linear",
     )
     train.add_argument("--per_device_train_batch_size", type=int, default=8, help="default 8")
     train.add_argument("--per_device_eval_batch_size", type=int, default=8, help="default 8")
@@ -612,7 +630,7 @@ def _load_dataset(
 
 def _load_model(args: argparse.Namespace) -> tuple[EsamBlipForPromptableSegmentation, EsamBlipProcessor]:
     """The model and processor of `--model` or `--config`, with the prompter/fusion the command line asks for."""
-    names = ("prompter_source", "fusion_type", "absent_mask_loss")
+    names = ("prompter_source", "fusion_type", "itm_fusion", "absent_mask_loss")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     model_class = EsamBlipForImageTextMatching if args.task == "itm" else EsamBlipForPromptableSegmentation
     if args.config is not None:
