@@ -177,3 +177,31 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         synthetic_referring_dataset(0, cache_dir=str(tmp_path))
     with pytest.raises(TypeError, match="unexpected keyword"):
         synthetic_referring_dataset(1, cache_dir=str(tmp_path), image_sise=64)
+
+
+def _shared(objects: list[dict]) -> tuple[bool, bool]:
+    """Whether a scene's objects (two or more) all share their colour / their shape."""
+    many = len(objects) > 1
+    return many and len({o["colour"] for o in objects}) == 1, many and len({o["shape"] for o in objects}) == 1
+
+
+def test_shared_attribute_curriculum():
+    spec = SyntheticSceneSpec(image_size=48, min_side=8, max_side=16, shared_attribute_fraction=1.0)
+    drawn = scenes(60, spec=spec)
+    kinds = [_shared(objects) for _, objects in drawn]
+    assert all(by_colour or by_shape for by_colour, by_shape in kinds)
+    assert any(by_colour for by_colour, _ in kinds) and any(by_shape for _, by_shape in kinds)
+    for _, objects in drawn:
+        pairs = [(o["colour"], o["shape"]) for o in objects]
+        assert len(set(pairs)) == len(pairs)  # each pair still at most once
+        masks = np.stack([o["mask"] for o in objects])
+        assert masks.sum(axis=0).max() == 1  # still disjoint
+    # Half the scenes share an attribute; the others follow the task (where two objects share one only by chance).
+    half = [_shared(objects) for _, objects in scenes(200, spec=SyntheticSceneSpec(shared_attribute_fraction=0.5))]
+    assert 0.45 < np.mean([by_colour or by_shape for by_colour, by_shape in half]) < 0.8
+    # Only a positive fraction draws the extra random number, so the default (0) keeps the task's scenes as they were.
+    tiny = SyntheticSceneSpec(shared_attribute_fraction=1e-12)
+    assert SyntheticSceneSpec().shared_attribute_fraction == 0.0
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(scenes(5), scenes(5, spec=tiny)))
+    with pytest.raises(ValueError, match=r"`shared_attribute_fraction` must lie in \[0, 1\], got 1.5"):
+        SyntheticSceneSpec(shared_attribute_fraction=1.5)

@@ -516,6 +516,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthetic data: expected fraction of absent expressions (empty mask, match label 0); default 0.25",
     )
     data.add_argument("--scene_size", type=int, default=DEFAULT_SCENE_SIZE, help="side of the synthetic images")
+    data.add_argument(
+        "--shared_attribute_fraction",
+        type=float,
+        default=0.0,
+        help="synthetic training scenes only: fraction whose objects all share a colour or a shape (a curriculum; "
+        "the evaluation scenes keep the task's distribution); default 0",
+    )
     data.add_argument("--cache_dir", help="where `datasets` caches the data (its default cache otherwise)")
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -588,6 +595,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise CliError(f"--scene_size must be >= 16 pixels, got {args.scene_size}")
     if not 0 <= args.absent_fraction < 1:
         raise CliError(f"--absent_fraction must lie in [0, 1), got {args.absent_fraction}")
+    if not 0 <= args.shared_attribute_fraction <= 1:
+        raise CliError(f"--shared_attribute_fraction must lie in [0, 1], got {args.shared_attribute_fraction}")
     if args.learning_rate <= 0:
         raise CliError(f"--learning_rate must be > 0, got {args.learning_rate}")
     if args.output_dir.exists() and not args.output_dir.is_dir():
@@ -610,7 +619,12 @@ def _single_process_under_accelerate_cpu(args: TrainingArguments) -> bool:
 
 
 def _load_dataset(
-    source: str, split: str | None, num_scenes: int, seed: int, args: argparse.Namespace
+    source: str,
+    split: str | None,
+    num_scenes: int,
+    seed: int,
+    args: argparse.Namespace,
+    shared_attribute_fraction: float = 0.0,
 ) -> datasets.Dataset:
     if source == "synthetic":
         side = args.scene_size
@@ -622,6 +636,7 @@ def _load_dataset(
             image_size=side,
             min_side=side // 8,
             max_side=3 * side // 8,
+            shared_attribute_fraction=shared_attribute_fraction,
         )
     if not Path(source).exists() and not looks_like_hub_id(source):
         raise CliError(f"dataset {source} does not exist (give 'synthetic', a folder or a Hub dataset id)")
@@ -723,7 +738,9 @@ def _run(args: argparse.Namespace) -> None:
     # Process 0 writes the `datasets` cache first; the others then read it instead of racing to write it.
     with training_args.main_process_first(desc="dataset"):
         _progress(f"Loading the training data ({args.dataset}) ...", training_args)
-        train_dataset = _load_dataset(args.dataset, args.dataset_split, args.num_scenes, args.seed, args)
+        train_dataset = _load_dataset(
+            args.dataset, args.dataset_split, args.num_scenes, args.seed, args, args.shared_attribute_fraction
+        )
         eval_dataset = None
         if args.eval_dataset is not None:
             _progress(f"Loading the evaluation data ({args.eval_dataset}) ...", training_args)

@@ -53,6 +53,12 @@ class SyntheticSceneSpec:
             the background stays gray; objects are flat fills, so their pixels are exactly their jittered colour).
         background_range (`tuple[int, int]`, defaults to (60, 200)): range (inclusive) of the background gray level.
         max_attempts (`int`, defaults to 100): placement tries per object before the scene stops growing.
+        shared_attribute_fraction (`float`, defaults to 0.0): fraction of scenes whose objects all share one
+            attribute (a training curriculum; 0 draws exactly the scenes of the task's spec). Such a scene picks,
+            with equal odds, one colour (then its objects differ in shape) or one shape (then they differ in
+            colour), and holds 2 to `max_objects` objects, at most the 3 or 4 pairs that share it, each pair still
+            at most once. An expression of such a scene can only be told apart from its neighbours by the attribute
+            they do not share: same-colour scenes teach shape, same-shape scenes teach colour.
     """
 
     image_size: int = 256
@@ -63,6 +69,7 @@ class SyntheticSceneSpec:
     noise_std: float = 10.0
     background_range: tuple[int, int] = (60, 200)
     max_attempts: int = 100
+    shared_attribute_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_side <= self.max_side <= self.image_size:
@@ -78,6 +85,8 @@ class SyntheticSceneSpec:
         low, high = self.background_range
         if not 0 <= low <= high <= 255:
             raise ValueError(f"`background_range` must satisfy 0 <= low <= high <= 255, got {self.background_range}.")
+        if not 0.0 <= self.shared_attribute_fraction <= 1.0:
+            raise ValueError(f"`shared_attribute_fraction` must lie in [0, 1], got {self.shared_attribute_fraction}.")
         if self.colour_jitter < 0 or self.noise_std < 0 or self.max_attempts < 1:
             raise ValueError(
                 f"`colour_jitter` and `noise_std` must be >= 0 and `max_attempts` >= 1, got {self.colour_jitter}, "
@@ -144,7 +153,14 @@ def generate_scene(
     image = np.repeat(gray[..., None], 3, axis=2)
 
     pairs = [(colour, shape) for colour in COLOURS for shape in SHAPES]
-    num_objects = int(rng.integers(1, spec.max_objects + 1))
+    # With the default fraction 0 no extra number is drawn, so the task's scenes stay exactly as they were.
+    if spec.shared_attribute_fraction > 0 and rng.random() < spec.shared_attribute_fraction:
+        by_colour = rng.random() < 0.5
+        value = (list(COLOURS) if by_colour else list(SHAPES))[rng.integers(len(COLOURS) if by_colour else len(SHAPES))]
+        pairs = [pair for pair in pairs if pair[0 if by_colour else 1] == value]
+        num_objects = int(rng.integers(min(2, spec.max_objects), min(spec.max_objects, len(pairs)) + 1))
+    else:
+        num_objects = int(rng.integers(1, spec.max_objects + 1))
     chosen = rng.choice(len(pairs), size=num_objects, replace=False)
     objects = []
     for pair_index, (x0, y0, side) in zip(chosen, _place_boxes(rng, num_objects, spec)):
