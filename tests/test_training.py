@@ -227,6 +227,10 @@ def no_prompter_checkpoint(tmp_path_factory) -> Path:
             ["--config", "tiny", "--resume_from_checkpoint", "/no/such/ckpt"],
             r"/no/such/ckpt is not a checkpoint folder",
         ),
+        (
+            ["--config", "tiny", "--shared_attribute_fraction", "1.5"],
+            r"--shared_attribute_fraction must lie in \[0, 1\], got 1.5",
+        ),
         (["--config", "tiny", "--freeze", "prompter_fusion", "--prompter_source", "text"], None),
     ],
 )
@@ -239,6 +243,18 @@ def test_cli_errors_are_one_line(tmp_path, capsys, extra, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ")
     assert re.search(message, err[-1]), err[-1]
+
+
+def test_cli_itm_fusion_and_curriculum(tmp_path):
+    data = ["--cache_dir", str(tmp_path / "data")]
+    argv = ["--config", "tiny", *SCENE_ARGS, *data, "--output_dir", str(tmp_path / "out"), "--max_steps", "2"]
+    assert main([*argv, "--itm_fusion", "--fusion_type", "concat", "--shared_attribute_fraction", "0.5"]) == 0
+    config = AutoModel.from_pretrained(tmp_path / "out").config
+    assert config.itm_fusion is True and config.fusion_type == "concat"
+    # ITM alone on that checkpoint: the collator passes the EfficientSAM pixels its ITM reads.
+    itm = ["--model", str(tmp_path / "out"), "--task", "itm", "--freeze", "itm", *SCENE_ARGS, *data]
+    assert main([*itm, "--output_dir", str(tmp_path / "itm"), "--max_steps", "1"]) == 0
+    assert AutoModel.from_pretrained(tmp_path / "itm").config.itm_fusion is True
 
 
 def test_cli_model_without_prompter(tmp_path, capsys, no_prompter_checkpoint):
@@ -314,7 +330,9 @@ def test_shapes_config_is_the_builtin_architecture():
     assert shipped.absent_mask_loss is True  # how it was trained (README: --absent_mask_loss)
     for name in ("sam_vision_config", "prompt_encoder_config", "mask_decoder_config", "vision_config", "text_config"):
         expected, got = getattr(config, name).to_dict(), getattr(shipped, name).to_dict()
-        differing = {key for key in expected if key not in ("transformers_version", "dtype") and expected[key] != got.get(key)}
+        differing = {
+            key for key in expected if key not in ("transformers_version", "dtype") and expected[key] != got.get(key)
+        }
         assert not differing, (name, differing)
 
 
@@ -330,8 +348,11 @@ def test_itm_task_trains_matching_and_leaves_learned_prompts_unchanged(tmp_path,
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "parameters train (--freeze itm)" in err and "eval_itm_roc_auc=" in err
-    losses = [entry["loss"] for entry in json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
-              if "loss" in entry]
+    losses = [
+        entry["loss"]
+        for entry in json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+        if "loss" in entry
+    ]
     assert losses[-1] < losses[0]
     trained = EsamBlipForPromptableSegmentation.from_pretrained(tmp_path / "out").eval()
     model.eval()
@@ -349,7 +370,9 @@ def test_itm_collator():
     collator = EsamBlipItmCollator(tiny_processor())
     image = torch.zeros(3, 64, 64, dtype=torch.uint8)
     mask = torch.zeros(64, 64, dtype=torch.bool)
-    batch = collator([{"image": image, "text": "a red circle", "mask": mask}, {"image": image, "text": "x", "match_label": 1}])
+    batch = collator(
+        [{"image": image, "text": "a red circle", "mask": mask}, {"image": image, "text": "x", "match_label": 1}]
+    )
     assert sorted(batch) == ["attention_mask", "blip_pixel_values", "input_ids", "labels"]
     assert batch["labels"].tolist() == [0, 1]
     with pytest.raises(ValueError, match="neither `match_label` nor `mask`"):
