@@ -121,9 +121,11 @@ def test_image_text_matching_model_needs_and_uses_the_sam_input():
 
 def test_freezing_presets_train_the_itm_fusion():
     _, fused = _pair()
-    for preset in ("prompter_fusion", "itm"):
+    for preset in ("prompter_fusion", "itm", "itm_heads"):
         apply_freezing(fused, preset)
         assert all(p.requires_grad for p in fused.model.itm_fusion.parameters()), preset
+    apply_freezing(fused, "itm_heads")
+    assert not any(p.requires_grad for p in fused.model.blip.vision_model.parameters())
     apply_freezing(fused, "decoder")
     assert not any(p.requires_grad for p in fused.model.itm_fusion.parameters())
 

@@ -180,6 +180,7 @@ def test_freezing_presets_count_parameters(preset):
             base.blip.itm_head,
             *(layer.crossattention for layer in base.blip.text_encoder.encoder.layer),
         ],
+        "itm_heads": [base.blip.itm_head, *(layer.crossattention for layer in base.blip.text_encoder.encoder.layer)],
         "all": [model],
     }[preset]
     apply_freezing(model, "all" if preset != "all" else "decoder")  # a preset replaces the previous choice
@@ -194,7 +195,8 @@ def test_freezing_presets_count_parameters(preset):
 def test_freezing_errors():
     model = EsamBlipForPromptableSegmentation(tiny_joint_config())
     with pytest.raises(
-        ValueError, match=r"`preset` must be one of \('decoder', 'prompter_fusion', 'itm', 'all'\), got 'head'"
+        ValueError,
+        match=r"`preset` must be one of \('decoder', 'prompter_fusion', 'itm', 'itm_heads', 'all'\), got 'head'",
     ):
         apply_freezing(model, "head")
     with pytest.raises(ValueError, match=r"trains the learned text prompter and the encoder fusion.*has neither"):

@@ -53,7 +53,7 @@ from .modeling_esam_blip import (
 )
 from .processing_esam_blip import ENC_TOKEN, EsamBlipProcessor, build_blip_tokenizer
 
-FREEZE_PRESETS = ("decoder", "prompter_fusion", "itm", "all")
+FREEZE_PRESETS = ("decoder", "prompter_fusion", "itm", "itm_heads", "all")
 TASKS = ("segmentation", "itm")
 BUILTIN_CONFIGS = ("tiny", "shapes")
 # Trainer otherwise also takes `input_labels` (a forward argument whose name holds "label") for a label.
@@ -79,7 +79,11 @@ def apply_freezing(model: torch.nn.Module, preset: str) -> int:
     - `"itm"`: what image-text matching uses and the text-only features do not: the BLIP image encoder, the
       cross-attention blocks of the text encoder, the ITM head and the `itm_fusion` module if any. Text-only features (the ITC text side and a
       `prompter_source="text"` prompter's input) stay exactly as they are, so ITM training leaves learned text
-      prompts (and their masks) unchanged.
+      prompts (and their masks) unchanged, except through a `fusion_type` that feeds BLIP's ViT to the mask
+      decoder: then use `"itm_heads"`.
+    - `"itm_heads"`: `"itm"` without the BLIP image encoder: the text encoder's cross-attention blocks, the ITM head
+      and the `itm_fusion` module. Every mask-path input stays exactly as it is (also with a fusion), so the masks
+      do not change; with `itm_fusion` the matching still learns from EfficientSAM's (frozen) view of the image.
     - `"all"`: every parameter.
 
     Args:
@@ -96,10 +100,10 @@ def apply_freezing(model: torch.nn.Module, preset: str) -> int:
         trained = [model]
     elif preset == "decoder":
         trained = [base.require_segmentation().mask_decoder]
-    elif preset == "itm":
+    elif preset in ("itm", "itm_heads"):
         blip = base.require_blip()
         cross_attention = [layer.crossattention for layer in blip.text_encoder.encoder.layer]
-        trained = [blip.vision_model, *cross_attention, blip.itm_head]
+        trained = [*cross_attention, blip.itm_head] + ([blip.vision_model] if preset == "itm" else [])
         trained += [base.itm_fusion] if base.itm_fusion is not None else []
     else:
         trained = [module for module in (base.prompter, base.fusion, base.itm_fusion) if module is not None]
