@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .builtin import DEFAULT_BUILTIN_MODEL
 from .data import load_referring_dataset, mask_to_bool, synthetic_referring_dataset
-from .metrics import best_masks, compute_referring_metrics, roc_auc
+from .metrics import best_masks, compute_referring_metrics, mask_ious, roc_auc
 from .modeling_esam_blip import TEXT_PROMPT_MODES, EsamBlipForPromptableSegmentation
 from .processing_esam_blip import EsamBlipProcessor
 
@@ -123,8 +123,7 @@ def evaluate_referring_segmentation(
     results["num_present"] = int(sum(labels))
     results["num_absent"] = len(labels) - int(sum(labels))
     if breakdown:
-        ious = [_iou(prediction, target) for prediction, target in zip(predictions, targets)]
-        results.update(synthetic_breakdown(dataset, ious, probabilities))
+        results.update(synthetic_breakdown(dataset, mask_ious(predictions, targets).tolist(), probabilities))
     return results
 
 
@@ -138,11 +137,6 @@ def _check_breakdown_columns(dataset: datasets.Dataset) -> None:
             f"The breakdown needs the columns {list(_BREAKDOWN_COLUMNS)} of synthetic_referring_dataset; the dataset "
             f"lacks {missing}."
         )
-
-
-def _iou(prediction: np.ndarray, target: np.ndarray) -> float:
-    union = np.logical_or(prediction, target).sum()
-    return float(np.logical_and(prediction, target).sum() / union) if union else 1.0
 
 
 def synthetic_breakdown(

@@ -10,6 +10,18 @@ from transformers.activations import ACT2FN
 from .configuration_esam_blip import FUSION_TYPES, EsamBlipConfig
 
 
+def _blip_grid_side(blip_tokens: Tensor) -> int:
+    """The side `g` of the patch grid of BLIP tokens `[B, 1 + g*g, D]`; a `ValueError` for any other shape."""
+    num_patches = blip_tokens.shape[1] - 1 if blip_tokens.ndim == 3 else 0
+    side = math.isqrt(max(num_patches, 0))
+    if num_patches < 1 or side * side != num_patches:
+        raise ValueError(
+            "`blip_image_embeds` must have shape [batch, 1 + g*g, width] ([CLS] then a square patch grid), got "
+            f"{tuple(blip_tokens.shape)}."
+        )
+    return side
+
+
 def blip_tokens_to_grid(blip_tokens: Tensor, grid_size: int) -> Tensor:
     """
     Align BLIP patch tokens with the EfficientSAM grid. Both encoders see the whole image resized to a square (aspect
@@ -23,13 +35,7 @@ def blip_tokens_to_grid(blip_tokens: Tensor, grid_size: int) -> Tensor:
     Returns:
         `[B, D, g_s, g_s]`.
     """
-    num_patches = blip_tokens.shape[1] - 1 if blip_tokens.ndim == 3 else 0
-    side = math.isqrt(max(num_patches, 0))
-    if num_patches < 1 or side * side != num_patches:
-        raise ValueError(
-            "`blip_image_embeds` must have shape [batch, 1 + g*g, width] ([CLS] then a square patch grid), got "
-            f"{tuple(blip_tokens.shape)}."
-        )
+    side = _blip_grid_side(blip_tokens)
     grid = blip_tokens[:, 1:].transpose(1, 2).reshape(blip_tokens.shape[0], -1, side, side)
     if side == grid_size:
         return grid
@@ -186,12 +192,7 @@ class EsamBlipItmFusion(nn.Module):
         Returns:
             `[B, 1 + g_b * g_b, D]`, the tokens the ITM cross-attention reads.
         """
-        side = math.isqrt(max(blip_image_embeds.shape[1] - 1, 0)) if blip_image_embeds.ndim == 3 else 0
-        if side < 1 or side * side != blip_image_embeds.shape[1] - 1:
-            raise ValueError(
-                "`blip_image_embeds` must have shape [batch, 1 + g*g, width] ([CLS] then a square patch grid), got "
-                f"{tuple(blip_image_embeds.shape)}."
-            )
+        side = _blip_grid_side(blip_image_embeds)
         if image_embeddings.ndim != 4 or image_embeddings.shape[0] != blip_image_embeds.shape[0]:
             raise ValueError(
                 f"`image_embeddings` must be [batch, channels, g, g] with the batch of `blip_image_embeds` "

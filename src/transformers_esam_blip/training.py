@@ -74,13 +74,14 @@ def apply_freezing(model: torch.nn.Module, preset: str) -> int:
     - `"decoder"`: the EfficientSAM mask decoder only (`model.sam.mask_decoder`), SAM's fine-tuning recipe for point
       and box prompts. The prompter, if any, stays as it is (train it first, or use `"all"`).
     - `"prompter_fusion"`: the learned text prompter and the encoder fusions (`model.prompter`, `model.fusion`,
-      `model.itm_fusion`, whichever the config builds), nothing else: both encoders, the prompt encoder, the mask decoder and the
-      ITM/ITC heads of a converted checkpoint stay exactly as converted, and the new joins learn to drive them.
+      `model.itm_fusion`, whichever the config builds), nothing else: both encoders, the prompt encoder, the mask
+      decoder and the ITM/ITC heads of a converted checkpoint stay exactly as converted, and the new joins learn to
+      drive them.
     - `"itm"`: what image-text matching uses and the text-only features do not: the BLIP image encoder, the
-      cross-attention blocks of the text encoder, the ITM head and the `itm_fusion` module if any. Text-only features (the ITC text side and a
-      `prompter_source="text"` prompter's input) stay exactly as they are, so ITM training leaves learned text
-      prompts (and their masks) unchanged, except through a `fusion_type` that feeds BLIP's ViT to the mask
-      decoder: then use `"itm_heads"`.
+      cross-attention blocks of the text encoder, the ITM head and the `itm_fusion` module if any. Text-only features
+      (the ITC text side and a `prompter_source="text"` prompter's input) stay exactly as they are, so ITM training
+      leaves learned text prompts (and their masks) unchanged, except through a `fusion_type` that feeds BLIP's ViT to
+      the mask decoder: then use `"itm_heads"`.
     - `"itm_heads"`: `"itm"` without the BLIP image encoder: the text encoder's cross-attention blocks, the ITM head
       and the `itm_fusion` module. Every mask-path input stays exactly as it is (also with a fusion), so the masks
       do not change; with `itm_fusion` the matching still learns from EfficientSAM's (frozen) view of the image.
@@ -550,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--absent_mask_loss",
         action=argparse.BooleanOptionalAction,
         help="also train absent expressions' masks towards empty (config.absent_mask_loss; default: the model's "
-        "config, off for --config): the packaged esam-blip-shapes model was trained with it",
+        "config, off for --config): stage 1 of the packaged esam-blip-shapes model was trained with it",
     )
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", required=True, type=Path, help="checkpoints and the final model go here")

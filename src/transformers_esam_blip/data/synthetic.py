@@ -156,7 +156,8 @@ def generate_scene(
     # With the default fraction 0 no extra number is drawn, so the task's scenes stay exactly as they were.
     if spec.shared_attribute_fraction > 0 and rng.random() < spec.shared_attribute_fraction:
         by_colour = rng.random() < 0.5
-        value = (list(COLOURS) if by_colour else list(SHAPES))[rng.integers(len(COLOURS) if by_colour else len(SHAPES))]
+        values = list(COLOURS) if by_colour else list(SHAPES)
+        value = values[rng.integers(len(values))]
         pairs = [pair for pair in pairs if pair[0 if by_colour else 1] == value]
         num_objects = int(rng.integers(min(2, spec.max_objects), min(spec.max_objects, len(pairs)) + 1))
     else:

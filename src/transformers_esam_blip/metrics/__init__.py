@@ -5,7 +5,12 @@ from typing import Any
 
 import evaluate
 
-from .referring_segmentation.referring_segmentation import PRECISION_THRESHOLDS, compute_referring_metrics, roc_auc
+from .referring_segmentation.referring_segmentation import (
+    PRECISION_THRESHOLDS,
+    compute_referring_metrics,
+    mask_ious,
+    roc_auc,
+)
 from .trainer_metrics import best_masks, find_segmentation_outputs, make_compute_metrics, preprocess_logits_for_metrics
 
 # `evaluate.load` takes a folder holding `<folder name>.py`; it copies the script into its module cache and never
@@ -33,6 +38,7 @@ __all__ = [
     "find_segmentation_outputs",
     "load_referring_metric",
     "make_compute_metrics",
+    "mask_ious",
     "preprocess_logits_for_metrics",
     "roc_auc",
 ]

@@ -56,6 +56,36 @@ def _binary_masks(masks: Sequence[Any], name: str) -> list[np.ndarray]:
     return arrays
 
 
+def _mask_pairs(pred_masks: Sequence[Any], target_masks: Sequence[Any]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Boolean predicted and reference masks, checked to pair up one to one with equal shapes."""
+    predictions = _binary_masks(pred_masks, "pred_masks")
+    targets = _binary_masks(target_masks, "target_masks")
+    if len(predictions) != len(targets):
+        raise ValueError(f"Got {len(predictions)} predicted masks for {len(targets)} target masks.")
+    for i, (prediction, target) in enumerate(zip(predictions, targets)):
+        if prediction.shape != target.shape:
+            raise ValueError(
+                f"`pred_masks[{i}]` has shape {prediction.shape} but `target_masks[{i}]` has {target.shape}."
+            )
+    return predictions, targets
+
+
+def _overlaps(predictions: list[np.ndarray], targets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    intersections = np.array([(p & t).sum() for p, t in zip(predictions, targets)], dtype=np.float64)
+    unions = np.array([(p | t).sum() for p, t in zip(predictions, targets)], dtype=np.float64)
+    return intersections, unions
+
+
+def _ious(intersections: np.ndarray, unions: np.ndarray) -> np.ndarray:
+    # Both masks empty: nothing to find and nothing found, a perfect answer.
+    return np.divide(intersections, unions, out=np.ones_like(unions), where=unions > 0)
+
+
+def mask_ious(pred_masks: Sequence[Any], target_masks: Sequence[Any]) -> np.ndarray:
+    """The IoU of each predicted mask with its reference (1.0 when both are empty), as `mean_iou` averages them."""
+    return _ious(*_overlaps(*_mask_pairs(pred_masks, target_masks)))
+
+
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve from ranks (Mann-Whitney U; ties get their average rank). NaN with one class only."""
     num_positive = int(labels.sum())
@@ -89,15 +119,7 @@ def compute_referring_metrics(
         `dict[str, float]` with `mean_iou`, `cumulative_iou`, `precision@0.5`, `precision@0.7`, `precision@0.9`, and
         `itm_accuracy`, `itm_roc_auc` when `match_probs` is given.
     """
-    predictions = _binary_masks(pred_masks, "pred_masks")
-    targets = _binary_masks(target_masks, "target_masks")
-    if len(predictions) != len(targets):
-        raise ValueError(f"Got {len(predictions)} predicted masks for {len(targets)} target masks.")
-    for i, (prediction, target) in enumerate(zip(predictions, targets)):
-        if prediction.shape != target.shape:
-            raise ValueError(
-                f"`pred_masks[{i}]` has shape {prediction.shape} but `target_masks[{i}]` has {target.shape}."
-            )
+    predictions, targets = _mask_pairs(pred_masks, target_masks)
     if match_labels is None:
         labels = np.array([target.any() for target in targets], dtype=np.int64)
     else:
@@ -108,10 +130,8 @@ def compute_referring_metrics(
                 f"{sorted(set(labels.tolist()))}."
             )
     present = np.flatnonzero(labels == 1)
-    intersections = np.array([(predictions[i] & targets[i]).sum() for i in present], dtype=np.float64)
-    unions = np.array([(predictions[i] | targets[i]).sum() for i in present], dtype=np.float64)
-    # Both masks empty: nothing to find and nothing found, a perfect answer.
-    ious = np.divide(intersections, unions, out=np.ones_like(unions), where=unions > 0)
+    intersections, unions = _overlaps([predictions[i] for i in present], [targets[i] for i in present])
+    ious = _ious(intersections, unions)
     nan = float("nan")
     results = {
         "mean_iou": float(ious.mean()) if len(ious) else nan,
@@ -157,4 +177,4 @@ class ReferringSegmentation(evaluate.Metric):
         return compute_referring_metrics(predictions, references, match_scores, match_labels, threshold)
 
 
-__all__ = ["PRECISION_THRESHOLDS", "ReferringSegmentation", "compute_referring_metrics", "roc_auc"]
+__all__ = ["PRECISION_THRESHOLDS", "ReferringSegmentation", "compute_referring_metrics", "mask_ious", "roc_auc"]
