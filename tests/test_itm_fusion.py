@@ -75,6 +75,8 @@ def test_module_pools_the_sam_grid_onto_the_blip_patches():
         module(torch.randn(2, 6, 32), sam)
     with pytest.raises(ValueError, match=r"batch of `blip_image_embeds` \(2\)"):
         module(blip, sam[:1])
+    with pytest.raises(ValueError, match=r"must be \[batch, 16, g, g\].*got \(2, 8, 8, 8\)"):
+        module(blip, sam[:, :8])
 
 
 def test_matching_reads_the_sam_features_and_trains_them():

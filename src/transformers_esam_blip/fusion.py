@@ -193,9 +193,14 @@ class EsamBlipItmFusion(nn.Module):
             `[B, 1 + g_b * g_b, D]`, the tokens the ITM cross-attention reads.
         """
         side = _blip_grid_side(blip_image_embeds)
-        if image_embeddings.ndim != 4 or image_embeddings.shape[0] != blip_image_embeds.shape[0]:
+        channels = self.norm.normalized_shape[0]
+        if (
+            image_embeddings.ndim != 4
+            or image_embeddings.shape[0] != blip_image_embeds.shape[0]
+            or image_embeddings.shape[1] != channels
+        ):
             raise ValueError(
-                f"`image_embeddings` must be [batch, channels, g, g] with the batch of `blip_image_embeds` "
+                f"`image_embeddings` must be [batch, {channels}, g, g] with the batch of `blip_image_embeds` "
                 f"({blip_image_embeds.shape[0]}), got {tuple(image_embeddings.shape)}."
             )
         pooled = F.adaptive_avg_pool2d(image_embeddings, (side, side)).flatten(2).transpose(1, 2)
