@@ -7,7 +7,7 @@ from transformers import AutoModel
 
 from transformers_esam_blip import EsamBlipConfig, EsamBlipForPromptableSegmentation, EsamBlipModel
 from transformers_esam_blip.losses import itm_loss, segmentation_loss
-from transformers_esam_blip.modeling_efficient_sam import assemble_prompts
+from transformers_esam_blip.prompts import assemble_prompts
 
 
 def _batch(num_images: int = 2) -> dict[str, torch.Tensor]:

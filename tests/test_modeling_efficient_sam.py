@@ -11,7 +11,7 @@ from conftest import tiny_sam_config
 from transformers import AutoModel, AutoModelForMaskGeneration
 
 from transformers_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipModel
-from transformers_esam_blip.modeling_efficient_sam import assemble_prompts
+from transformers_esam_blip.prompts import assemble_prompts
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.utils import logging
 
+from .prompts import PromptLabel
 from .configuration_esam_blip import (
     EfficientSamMaskDecoderConfig,
     EfficientSamPromptEncoderConfig,
@@ -16,15 +17,6 @@ from .configuration_esam_blip import (
 )
 
 logger = logging.get_logger(__name__)
-
-# Prompt labels, as the original EfficientSAM reads them.
-LABEL_PADDING = -1
-LABEL_BACKGROUND = 0
-LABEL_FOREGROUND = 1
-LABEL_BOX_TOP_LEFT = 2
-LABEL_BOX_BOTTOM_RIGHT = 3
-VALID_LABELS = (LABEL_PADDING, LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT)
-
 
 def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, implementation: str | None) -> torch.Tensor:
     """Softmax attention over `[B, heads, N, d]` tensors, SDPA unless the config asks for the explicit path."""
@@ -217,10 +209,10 @@ class EfficientSamPromptEncoder(nn.Module):
         # +0.5 moves to the pixel centre; padded (-1, -1) points are encoded too, as the original does.
         embeddings = self.shared_embedding((points + 0.5) / self.config.image_size)
         labels = labels[..., None]
-        embeddings = embeddings + self.invalid_point_embed.weight * (labels == LABEL_PADDING)
-        embeddings = embeddings + self.point_embed.weight * (labels == LABEL_FOREGROUND)
-        embeddings = embeddings + self.box_top_left_embed.weight * (labels == LABEL_BOX_TOP_LEFT)
-        return embeddings + self.box_bottom_right_embed.weight * (labels == LABEL_BOX_BOTTOM_RIGHT)
+        embeddings = embeddings + self.invalid_point_embed.weight * (labels == PromptLabel.PADDING)
+        embeddings = embeddings + self.point_embed.weight * (labels == PromptLabel.FOREGROUND)
+        embeddings = embeddings + self.box_top_left_embed.weight * (labels == PromptLabel.BOX_TOP_LEFT)
+        return embeddings + self.box_bottom_right_embed.weight * (labels == PromptLabel.BOX_BOTTOM_RIGHT)
 
 
 class EfficientSamFeedForward(nn.Module):
@@ -416,51 +408,6 @@ class EfficientSamMaskDecoder(nn.Module):
         )
 
 
-def assemble_prompts(
-    input_points: torch.Tensor | None,
-    input_labels: torch.Tensor | None,
-    input_boxes: torch.Tensor | None,
-    max_num_points: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Merge points and boxes into exactly `max_num_points` prompts per query.
-
-    Box corners come after the points (labels 2 and 3); queries are padded with `(-1, -1)` / label -1. Where a
-    query holds more than `max_num_points` prompts, its padding goes first and then (with a warning) the
-    trailing real prompts, as the original truncates.
-
-    Returns:
-        `points [B, Q, max_num_points, 2]` float and `labels [B, Q, max_num_points]` long.
-    """
-    parts_points, parts_labels = [], []
-    if input_points is not None:
-        parts_points.append(input_points)
-        parts_labels.append(input_labels)
-    if input_boxes is not None:
-        parts_points.append(input_boxes.reshape(*input_boxes.shape[:2], 2, 2))
-        corner_labels = torch.tensor([LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT], device=input_boxes.device)
-        parts_labels.append(corner_labels.expand(*input_boxes.shape[:2], 2))
-    points = torch.cat([p.float() for p in parts_points], dim=2)
-    labels = torch.cat([lab.long() for lab in parts_labels], dim=2)
-
-    num = points.shape[2]
-    if num > max_num_points:
-        # Padding carries no information: drop it before any real prompt (stable sort keeps the order).
-        order = torch.sort((labels == LABEL_PADDING).int(), dim=2, stable=True).indices
-        labels = labels.gather(2, order)
-        points = points.gather(2, order[..., None].expand_as(points))
-        if (labels[..., max_num_points:] != LABEL_PADDING).any():
-            logger.warning(
-                f"A query holds more than {max_num_points} prompts (points + 2 per box); only the first "
-                f"{max_num_points} are used, as the original EfficientSAM does."
-            )
-        points, labels = points[:, :, :max_num_points], labels[:, :, :max_num_points]
-    elif num < max_num_points:
-        points = F.pad(points, (0, 0, 0, max_num_points - num), value=-1.0)
-        labels = F.pad(labels, (0, max_num_points - num), value=LABEL_PADDING)
-    return points, labels
-
-
 class EfficientSamModule(nn.Module):
     """The EfficientSAM half of [`EsamBlipModel`]: image encoder, prompt encoder and mask decoder."""
 
@@ -526,5 +473,4 @@ __all__ = [
     "EfficientSamModule",
     "EfficientSamPromptEncoder",
     "EfficientSamVisionEncoder",
-    "assemble_prompts",
 ]

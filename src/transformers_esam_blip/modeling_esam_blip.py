@@ -19,12 +19,11 @@ from .modeling_blip_itm import (
     EsamBlipImageTextModule,
 )
 from .modeling_efficient_sam import (
-    VALID_LABELS,
     EfficientSamModule,
     EfficientSamPositionalEmbedding,
     EfficientSamVisionEncoder,
-    assemble_prompts,
 )
+from .prompts import VALID_LABELS, assemble_prompts
 from .prompter import EsamBlipTextPrompter
 from .text_prompting import heatmap_to_prompts, mask_enhanced_heatmap
 

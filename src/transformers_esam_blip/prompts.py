@@ -1,0 +1,270 @@
+"""
+The prompt module: the vocabulary, validation and assembly of every prompt type EfficientSAM reads.
+
+Every other module (image processor, processor, models, collators, pipelines, CLI) takes prompt labels, checks and
+assembly from here, so a new prompt type is one change to this file plus its tests.
+
+**Vocabulary.** [`PromptLabel`]: -1 padding, 0 background, 1 foreground, 2/3 box corners. Padded points sit at
+`(PADDING_COORDINATE, PADDING_COORDINATE)`, as the original EfficientSAM expects.
+
+**Validation contract.** Checks run once, at the model's boundary (`validate_point_and_box_prompts`, called by the
+models' `forward` before any compute), and are skipped while tracing, exporting or compiling ([`is_tracing`]), so
+`torch.export` and ONNX graphs hold no value-dependent branch. What is checked, in the encoder frame:
+- types: tensors, with integer labels (a float label tensor is accepted only when every value is integral);
+- shapes: `input_points [B, Q, P, 2]`, `input_labels [B, Q, P]`, `input_boxes [B, Q, 4]`, the same `B` as the
+  images and the same `Q` for points and boxes, at least one query;
+- values: labels in the vocabulary; real points and boxes finite and inside the `S x S` frame; `x1 <= x2`, `y1 <= y2`.
+Nothing is cast silently except integral float labels to int64 and coordinates to float32. The image processor checks
+user input in image pixels with the same rules before rescaling ([`rescale_coordinates`]).
+
+**Assembly.** [`assemble_prompts`] merges points and boxes (two corner points, after the query's points) into exactly
+`max_num_points` slots; [`append_points`] adds points computed by the model (Grad-CAM peaks) to every query;
+[`append_prompt_tokens`] appends learned text tokens after the embedded points.
+"""
+
+from enum import IntEnum
+
+import torch
+import torch.nn.functional as F
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+class PromptLabel(IntEnum):
+    """Label of one sparse prompt point, as the original EfficientSAM reads it."""
+
+    PADDING = -1
+    BACKGROUND = 0
+    FOREGROUND = 1
+    BOX_TOP_LEFT = 2
+    BOX_BOTTOM_RIGHT = 3
+
+
+VALID_LABELS = tuple(int(label) for label in PromptLabel)
+USER_POINT_LABELS = (int(PromptLabel.BACKGROUND), int(PromptLabel.FOREGROUND))
+BOX_CORNER_LABELS = (int(PromptLabel.BOX_TOP_LEFT), int(PromptLabel.BOX_BOTTOM_RIGHT))
+PADDING_COORDINATE = -1.0
+LABELS_HELP = "-1 padding, 0 background, 1 foreground, 2/3 box corners"
+
+
+def is_tracing() -> bool:
+    """True under `torch.export`, `torch.compile`, `torch.jit.trace` or ONNX export: argument checks are skipped."""
+    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
+def check_tensor(name: str, value: object, ndim: int, last: int | None, expected: str) -> torch.Tensor:
+    """`value` must be a tensor with `ndim` axes (and `last` entries on the last one): TypeError/ValueError otherwise."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of shape {expected}, got {type(value).__name__}.")
+    if value.ndim != ndim or (last is not None and value.shape[-1] != last):
+        raise ValueError(f"`{name}` must have shape {expected}, got {tuple(value.shape)}.")
+    return value
+
+
+def rescale_coordinates(coords: torch.Tensor, original_size: tuple[int, int], target_size: int) -> torch.Tensor:
+    """`(x, y)` pixels of an image of `(height, width)` → the `target_size` square frame, per axis (EfficientSAM)."""
+    height, width = original_size
+    return torch.stack([coords[..., 0] * target_size / width, coords[..., 1] * target_size / height], dim=-1)
+
+
+def default_labels(input_points: torch.Tensor) -> torch.Tensor:
+    """Labels for points given without any: every point foreground."""
+    return torch.full(input_points.shape[:3], int(PromptLabel.FOREGROUND), dtype=torch.long, device=input_points.device)
+
+
+def _check_labels(input_labels: torch.Tensor, input_points: torch.Tensor) -> torch.Tensor:
+    check_tensor("input_labels", input_labels, 3, None, "[batch, queries, points]")
+    if input_labels.shape != input_points.shape[:3]:
+        raise ValueError(
+            f"`input_labels` must have shape {tuple(input_points.shape[:3])} to match `input_points` "
+            f"{tuple(input_points.shape)}, got {tuple(input_labels.shape)}."
+        )
+    if input_labels.dtype == torch.bool or input_labels.is_complex():
+        raise TypeError(f"`input_labels` must be an integer tensor ({LABELS_HELP}), got dtype {input_labels.dtype}.")
+    if input_labels.is_floating_point():
+        fractional = input_labels[input_labels != input_labels.round()]
+        if fractional.numel():
+            raise TypeError(
+                f"`input_labels` must hold integers ({LABELS_HELP}), got {input_labels.dtype} values such as "
+                f"{fractional[0].item():g}."
+            )
+    labels = input_labels.long()
+    bad = ~torch.isin(labels, torch.tensor(VALID_LABELS, device=labels.device))
+    if bad.any():
+        raise ValueError(f"`input_labels` must be in {list(VALID_LABELS)} ({LABELS_HELP}), got {sorted(set(labels[bad].tolist()))}.")
+    return labels
+
+
+def _check_in_frame(name: str, coords: torch.Tensor, frame_size: int, hint: str) -> None:
+    if not coords.numel():
+        return
+    if not torch.isfinite(coords).all():
+        raise ValueError(f"`{name}` must be finite, got NaN or infinite values.")
+    low, high = coords.min().item(), coords.max().item()
+    if low < 0 or high > frame_size:
+        raise ValueError(
+            f"`{name}` must lie in the {frame_size}x{frame_size} encoder frame ([0, {frame_size}] per axis); got values "
+            f"in [{low:.1f}, {high:.1f}]. {hint}"
+        )
+
+
+_FRAME_HINT = "Pass image-pixel coordinates through EsamBlipImageProcessor/EsamBlipProcessor, which rescales them."
+
+
+def validate_point_and_box_prompts(
+    batch_size: int,
+    frame_size: int,
+    input_points: torch.Tensor | None,
+    input_labels: torch.Tensor | None,
+    input_boxes: torch.Tensor | None,
+    required: bool = True,
+) -> None:
+    """
+    The boundary checks of point and box prompts in the encoder frame (see the module docstring). Raises
+    `TypeError`/`ValueError` naming the argument; returns nothing, so callers compute on the inputs unchanged.
+
+    Args:
+        batch_size: the number of images (or texts) the prompts go with.
+        frame_size: the encoder frame `S` (`sam_vision_config.image_size`).
+        required: whether at least one of `input_points`/`input_boxes` must be given.
+    """
+    if input_points is None and input_labels is not None:
+        raise ValueError("`input_labels` was given without `input_points`.")
+    if input_points is None and input_boxes is None:
+        if required:
+            raise ValueError(
+                "Pass `input_points` and/or `input_boxes` (or a text with `input_ids`): EfficientSAM needs a prompt."
+            )
+        return
+    counts = []
+    if input_points is not None:
+        check_tensor("input_points", input_points, 4, 2, "[batch, queries, points, 2]")
+        if not input_points.is_floating_point() and input_points.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"`input_points` must be a float or integer tensor, got dtype {input_points.dtype}.")
+        if input_points.shape[2] == 0:
+            raise ValueError(f"`input_points` must hold at least one point per query, got {tuple(input_points.shape)}.")
+        labels = default_labels(input_points) if input_labels is None else _check_labels(input_labels, input_points)
+        _check_in_frame("input_points", input_points[labels != PromptLabel.PADDING], frame_size, _FRAME_HINT)
+        counts.append(("input_points", input_points.shape[0], input_points.shape[1]))
+    if input_boxes is not None:
+        check_tensor("input_boxes", input_boxes, 3, 4, "[batch, queries, 4] as (x1, y1, x2, y2)")
+        if not input_boxes.is_floating_point() and input_boxes.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"`input_boxes` must be a float or integer tensor, got dtype {input_boxes.dtype}.")
+        _check_in_frame("input_boxes", input_boxes, frame_size, _FRAME_HINT)
+        if (input_boxes[..., 2] < input_boxes[..., 0]).any() or (input_boxes[..., 3] < input_boxes[..., 1]).any():
+            raise ValueError("`input_boxes` must be (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1.")
+        counts.append(("input_boxes", input_boxes.shape[0], input_boxes.shape[1]))
+    for name, batch, queries in counts:
+        if batch != batch_size:
+            raise ValueError(f"`{name}` has batch size {batch} but the images have {batch_size}.")
+        if queries == 0:
+            raise ValueError(f"`{name}` holds no query (shape with 0 queries); give at least one query per image.")
+    if len(counts) == 2 and counts[0][2] != counts[1][2]:
+        raise ValueError(
+            f"`input_points` ({counts[0][2]} queries) and `input_boxes` ({counts[1][2]} queries) must hold the same "
+            "number of queries per image."
+        )
+
+
+def assemble_prompts(
+    input_points: torch.Tensor | None,
+    input_labels: torch.Tensor | None,
+    input_boxes: torch.Tensor | None,
+    max_num_points: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Merge points and boxes into exactly `max_num_points` prompts per query.
+
+    Box corners come after the points (labels 2 and 3); queries are padded with `(-1, -1)` / label -1. Where a
+    query holds more than `max_num_points` prompts, its padding goes first and then (with a warning, outside tracing)
+    the trailing real prompts, as the original truncates.
+
+    Returns:
+        `points [B, Q, max_num_points, 2]` float32 and `labels [B, Q, max_num_points]` int64.
+    """
+    parts_points, parts_labels = [], []
+    if input_points is not None:
+        parts_points.append(input_points)
+        parts_labels.append(default_labels(input_points) if input_labels is None else input_labels)
+    if input_boxes is not None:
+        parts_points.append(input_boxes.reshape(*input_boxes.shape[:2], 2, 2))
+        corner_labels = torch.tensor(BOX_CORNER_LABELS, device=input_boxes.device)
+        parts_labels.append(corner_labels.expand(*input_boxes.shape[:2], 2))
+    points = torch.cat([p.float() for p in parts_points], dim=2)
+    labels = torch.cat([lab.long() for lab in parts_labels], dim=2)
+
+    num = points.shape[2]
+    if num > max_num_points:
+        # Padding carries no information: drop it before any real prompt (stable sort keeps the order).
+        order = torch.sort((labels == PromptLabel.PADDING).int(), dim=2, stable=True).indices
+        labels = labels.gather(2, order)
+        points = points.gather(2, order[..., None].expand_as(points))
+        if not is_tracing() and (labels[..., max_num_points:] != PromptLabel.PADDING).any():
+            logger.warning(
+                f"A query holds more than {max_num_points} prompts (points + 2 per box); only the first "
+                f"{max_num_points} are used, as the original EfficientSAM does."
+            )
+        points, labels = points[:, :, :max_num_points], labels[:, :, :max_num_points]
+    elif num < max_num_points:
+        points = F.pad(points, (0, 0, 0, max_num_points - num), value=PADDING_COORDINATE)
+        labels = F.pad(labels, (0, max_num_points - num), value=int(PromptLabel.PADDING))
+    return points, labels
+
+
+def append_points(
+    input_points: torch.Tensor | None,
+    input_labels: torch.Tensor | None,
+    extra_points: torch.Tensor,
+    extra_labels: torch.Tensor,
+    num_queries: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Add per-batch-entry points (`extra_points [B, K, 2]`, `extra_labels [B, K]`, e.g. Grad-CAM peaks) after the
+    points of each of the `num_queries` queries (`input_points [B, Q, P, 2]` or `None`).
+
+    Returns:
+        `points [B, Q, P + K, 2]` and `labels [B, Q, P + K]`, ready for [`assemble_prompts`].
+    """
+    points = extra_points[:, None].expand(-1, num_queries, -1, -1)
+    labels = extra_labels[:, None].expand(-1, num_queries, -1).long()
+    if input_points is None:
+        return points, labels
+    if input_labels is None:
+        input_labels = default_labels(input_points)
+    return torch.cat([input_points.to(points.dtype), points], dim=2), torch.cat([input_labels.long(), labels], dim=2)
+
+
+def append_prompt_tokens(point_embeddings: torch.Tensor | None, prompt_tokens: torch.Tensor) -> torch.Tensor:
+    """
+    Learned prompt tokens (`[B, N, C]`, one set per batch entry) after each query's embedded points
+    (`[B, Q, P, C]`), or as the only query when there are no points: sparse embeddings `[B, Q, P + N, C]`.
+    """
+    if point_embeddings is None:
+        return prompt_tokens[:, None]
+    prompt_tokens = prompt_tokens[:, None].expand(-1, point_embeddings.shape[1], -1, -1)
+    return torch.cat([point_embeddings, prompt_tokens.to(point_embeddings.dtype)], dim=2)
+
+
+def count_queries(*prompts: torch.Tensor | None) -> int:
+    """Queries per image of the first prompt tensor given (`[B, Q, ...]`), or 1 when none is."""
+    return next((prompt.shape[1] for prompt in prompts if prompt is not None), 1)
+
+
+__all__ = [
+    "BOX_CORNER_LABELS",
+    "LABELS_HELP",
+    "PADDING_COORDINATE",
+    "USER_POINT_LABELS",
+    "VALID_LABELS",
+    "PromptLabel",
+    "append_points",
+    "append_prompt_tokens",
+    "assemble_prompts",
+    "check_tensor",
+    "count_queries",
+    "default_labels",
+    "is_tracing",
+    "rescale_coordinates",
+    "validate_point_and_box_prompts",
+]
