@@ -5,6 +5,8 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+ONNX = ["onnx>=1.16", "onnxruntime>=1.18"]
+RUFF = "ruff>=0.5"
 
 setup(
     name="transformers-esam-blip",
@@ -32,6 +34,8 @@ setup(
     ],
     extras_require={
         "plot": ["matplotlib>=3.8"],
+        "onnx": ONNX,
+        # CI installs this extra: it runs the export tests and the ruff checks too.
         "tests": [
             "pytest>=8",
             "matplotlib>=3.8",
@@ -39,8 +43,10 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",
+            RUFF,
+            *ONNX,
         ],
-        "dev": ["pytest>=8", "matplotlib>=3.8", "scipy>=1.11", "ruff>=0.5"],
+        "dev": ["pytest>=8", "matplotlib>=3.8", "scipy>=1.11", RUFF],
     },
     entry_points={"console_scripts": ["esam-blip=transformers_esam_blip.cli:main"]},
 )

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from transformers_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipProcessor
-from transformers_esam_blip.configuration_esam_blip import FUSION_TYPES
+from transformers_esam_blip.fusion import fusion_type_choices
 from transformers_esam_blip.data import synthetic_referring_dataset
 from transformers_esam_blip.evaluation import DEFAULT_TEST_SEED, evaluate_referring_segmentation
 from transformers_esam_blip.training import main as train
@@ -23,7 +23,7 @@ from transformers_esam_blip.training import main as train
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--fusion_types", nargs="+", default=list(FUSION_TYPES), choices=FUSION_TYPES)
+    parser.add_argument("--fusion_types", nargs="+", default=list(fusion_type_choices()), choices=fusion_type_choices())
     parser.add_argument("--config", choices=("tiny", "shapes"), default="shapes", help="built-in config to train")
     parser.add_argument(
         "--model", help="start every run from this checkpoint (e.g. esam-blip-shapes) instead of a random --config"

@@ -15,31 +15,37 @@ import tempfile
 from pathlib import Path
 
 from transformers_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipProcessor
-from transformers_esam_blip.builtin import _MODELS_DIR, BUILTIN_MODELS
+from transformers_esam_blip.builtin import BUILTIN_MODELS, MODELS_DIR
+from transformers_esam_blip.commands import CliError, CommandParser, load_checkpoint_config, run_command
 from transformers_esam_blip.data import synthetic_referring_dataset
 from transformers_esam_blip.evaluation import DEFAULT_TEST_SEED, evaluate_referring_segmentation
 
 KEPT = ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("run_dir", type=Path, help="output folder of the training command")
+def build_parser() -> argparse.ArgumentParser:
+    parser = CommandParser(prog="package_builtin_model.py", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("run_dir", help="output folder of the training command")
     parser.add_argument("--name", default="esam-blip-shapes", choices=sorted(BUILTIN_MODELS))
     parser.add_argument("--test_scenes", type=int, default=500)
     parser.add_argument("--training_command", default="", help="recorded in the model card")
     parser.add_argument("--training_time", default="", help="recorded in the model card")
     parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args()
-    target = _MODELS_DIR / args.name
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    target = MODELS_DIR / args.name
     if target.exists() and not args.overwrite:
-        print(f"error: {target} exists; pass --overwrite to replace it", file=sys.stderr)
-        return 2
+        raise CliError(f"{target} exists; pass --overwrite to replace it")
+    if args.test_scenes < 1:
+        raise CliError(f"--test_scenes must be >= 1, got {args.test_scenes}")
+    load_checkpoint_config(args.run_dir, argument="RUN_DIR")
     model = EsamBlipForPromptableSegmentation.from_pretrained(args.run_dir).eval()
     processor = EsamBlipProcessor.from_pretrained(args.run_dir)
     test_set = synthetic_referring_dataset(args.test_scenes, seed=DEFAULT_TEST_SEED)
     scores = evaluate_referring_segmentation(model, processor, test_set)
-    with tempfile.TemporaryDirectory(dir=_MODELS_DIR.parent) as staging:
+    with tempfile.TemporaryDirectory(dir=MODELS_DIR.parent) as staging:
         staging = Path(staging)
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
@@ -65,7 +71,10 @@ def main() -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         folder.rename(target)
     print(f"{args.name} -> {target}: {json.dumps(scores)}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), run, argv)
 
 
 def _card(args: argparse.Namespace, model, scores: dict, num_rows: int) -> str:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval
 
 from transformers_esam_blip.configuration_esam_blip import EsamBlipConfig
@@ -392,3 +393,50 @@ def test_real_blip_base_key_list_converts():
     assert (text["num_hidden_layers"], text["num_attention_heads"], text["vocab_size"]) == (12, 12, 30524)
     assert (kwargs["image_text_hidden_size"], kwargs["gradcam_block_num"]) == (256, 7)
     assert len(convert_blip_state_dict(kept, "lavis")) == len(kept) == 472
+
+
+def _tiny_blip_module() -> EsamBlipImageTextModule:
+    config = EsamBlipConfig(
+        vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32,
+                       "patch_size": 16, "intermediate_size": 64},
+        text_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+                     "vocab_size": 50},
+        image_text_hidden_size=8,
+        enc_token_id=3,
+        gradcam_block_num=1,
+    )
+    return EsamBlipImageTextModule(config).eval()
+
+
+def test_encode_methods_return_attentions_hidden_states_and_projections():
+    module = _tiny_blip_module()
+    pixels = torch.randn(2, 3, 32, 32)
+    input_ids = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]])
+    attention_mask = (input_ids != 0).long()
+    with torch.no_grad():
+        image = module.encode_image(pixels, output_attentions=True, output_hidden_states=True)
+        text = module.encode_text(input_ids, attention_mask, output_attentions=True, output_hidden_states=True)
+        joint = module.encode_multimodal(input_ids, attention_mask, image.last_hidden_state, output_attentions=True)
+        plain = module.encode_image(pixels)
+    assert image.last_hidden_state.shape == (2, 5, 32) and image.pooler_output.shape == (2, 8)
+    assert len(image.hidden_states) == 3 and len(image.attentions) == 2
+    assert image.attentions[0].shape == (2, 2, 5, 5)
+    assert plain.attentions is None and plain.hidden_states is None
+    assert text.pooler_output.shape == (2, 8) and len(text.hidden_states) == 3
+    assert text.attentions[1].shape == (2, 4, 4, 4)
+    assert [a.shape for a in joint.cross_attentions] == [(2, 4, 4, 5)] * 2
+    # The tensor-returning helpers are the same computations.
+    torch.testing.assert_close(module.get_image_features(pixels), image.last_hidden_state)
+    torch.testing.assert_close(module.get_text_features(input_ids, attention_mask), text.last_hidden_state)
+    itc = module.itc_similarity(input_ids, attention_mask, image.last_hidden_state)
+    expected = F.normalize(image.pooler_output, dim=-1) @ F.normalize(text.pooler_output, dim=-1).T
+    torch.testing.assert_close(itc, expected)
+
+
+def test_input_embeddings_are_the_text_word_embeddings():
+    module = _tiny_blip_module()
+    embeddings = module.get_input_embeddings()
+    assert embeddings is module.text_encoder.embeddings.word_embeddings
+    bigger = torch.nn.Embedding(52, 32)
+    module.set_input_embeddings(bigger)
+    assert module.text_encoder.embeddings.word_embeddings is bigger

@@ -57,11 +57,11 @@ def test_fusion_modules_map_to_the_sam_shape_and_start_as_identity(fusion_type):
     torch.testing.assert_close(fused, image_embeddings, rtol=0, atol=0)
 
 
-def test_multilevel_fusion_makes_zero_vit_tokens_at_init():
+def test_multilevel_fusion_is_the_identity_on_vit_tokens_at_init():
     model = EsamBlipForPromptableSegmentation(tiny_joint_config(fusion_type="multilevel"))
-    tokens = model.model.fusion(torch.randn(2, 5, 32), grid_size=8)
-    assert tokens.shape == (2, 64, 32)  # [B, g*g, EfficientSAM ViT width]
-    assert tokens.abs().sum() == 0
+    hidden_states = torch.randn(2, 64, 32)  # [B, g*g, EfficientSAM ViT width]
+    assert model.model.fusion.location == "encoder"
+    assert torch.equal(model.model.fusion(hidden_states, torch.randn(2, 5, 32)), hidden_states)
 
 
 @pytest.mark.parametrize("fusion_type", FUSION_TYPES)
@@ -138,7 +138,7 @@ def test_multilevel_adds_the_features_after_the_chosen_block():
     with torch.no_grad():
         expected = encoder(pixel_values)
         handle.remove()
-        fused = encoder(pixel_values, fused_features=features, fusion_layer=0)
+        fused = encoder(pixel_values, fusion=lambda hidden_states: hidden_states + features, fusion_layer=0)
         plain = encoder(pixel_values)
     torch.testing.assert_close(fused, expected, rtol=0, atol=0)
     assert not torch.equal(fused, plain)

@@ -24,6 +24,7 @@ from transformers_esam_blip.mask_generation_utils import (
     nms,
     rle_to_mask,
 )
+from transformers_esam_blip.prompts import PADDING_COORDINATE, PromptLabel
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 EFFICIENTSAM_FIXTURE = FIXTURES / "efficientsam" / "visible_vits_d1"
@@ -476,7 +477,126 @@ def test_auto_image_processor_registration(tmp_path: Path) -> None:
     loaded = AutoImageProcessor.from_pretrained(tmp_path)
     assert isinstance(loaded, EsamBlipImageProcessor)
     assert loaded.blip_image_size == 384
-    assert loaded.model_input_names == ["pixel_values", "blip_pixel_values"]
+    assert loaded.model_input_names == EsamBlipImageProcessor.model_input_names
+
+
+def test_pixel_settings_are_saved_and_overridden_by_from_pretrained(tmp_path: Path) -> None:
+    processor = EsamBlipImageProcessor(sam_image_size=16, blip_image_size=8)
+    assert (processor.do_resize, processor.do_rescale, processor.do_normalize) == (True, True, True)
+    assert processor.rescale_factor == 1 / 255
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert {key: saved[key] for key in ("do_resize", "do_rescale", "rescale_factor", "do_normalize")} == {
+        "do_resize": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+    }
+    assert EsamBlipImageProcessor.from_pretrained(tmp_path).to_dict() == processor.to_dict()
+    image = random_uint8(13, 17)
+    raw = EsamBlipImageProcessor.from_pretrained(tmp_path, do_normalize=False)
+    assert raw.do_normalize is False and raw.to_json_string() != processor.to_json_string()
+    expected = F.interpolate(to_tensor(image)[None], (16, 16), mode="bilinear", align_corners=False)
+    assert torch.equal(raw(image)["pixel_values"], expected)
+    raw.save_pretrained(tmp_path / "raw")
+    assert EsamBlipImageProcessor.from_pretrained(tmp_path / "raw").do_normalize is False
+    # Configs saved before the flags existed load with the defaults, which reproduce the originals.
+    for key in ("do_resize", "do_rescale", "rescale_factor", "do_normalize"):
+        del saved[key]
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(saved))
+    assert EsamBlipImageProcessor.from_pretrained(tmp_path).to_dict() == processor.to_dict()
+
+
+def test_per_call_overrides_leave_the_stored_settings_alone() -> None:
+    image = random_uint8(13, 17)
+    processor = EsamBlipImageProcessor(sam_image_size=16, blip_image_size=8)
+    reference = processor(image)
+    resized = F.interpolate(to_tensor(image)[None], (16, 16), mode="bilinear", align_corners=False)
+    unnormalized = processor(image, do_normalize=False)
+    assert torch.equal(unnormalized["pixel_values"], resized)
+    blip_resized = to_tensor(np.array(PIL.Image.fromarray(image).resize((8, 8), PIL.Image.BICUBIC)))
+    assert torch.equal(unnormalized["blip_pixel_values"][0], blip_resized)
+    unrescaled = processor(image, do_rescale=False, do_normalize=False)
+    torch.testing.assert_close(unrescaled["pixel_values"], resized * 255, rtol=1e-5, atol=1e-4)
+    halved = processor(image, rescale_factor=0.5 / 255, do_normalize=False)["pixel_values"]
+    torch.testing.assert_close(halved, resized / 2)
+    shifted = processor(image, image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0), blip_image_std=[2, 2, 2])
+    assert torch.equal(shifted["pixel_values"], resized)
+    assert torch.equal(processor(image, do_resize=None, image_mean=None)["pixel_values"], reference["pixel_values"])
+    # Floats are taken as already rescaled, whatever `do_rescale` says.
+    floats = to_tensor(image)
+    assert torch.equal(processor(floats, do_rescale=False)["pixel_values"], reference["pixel_values"])
+    assert processor.to_dict() == EsamBlipImageProcessor(sam_image_size=16, blip_image_size=8).to_dict()
+    assert torch.equal(processor(image)["pixel_values"], reference["pixel_values"])
+
+
+def test_do_resize_false_takes_images_at_the_input_size() -> None:
+    square = random_uint8(16, 16)
+    sam_only = EsamBlipImageProcessor(sam_image_size=16)
+    # A same-size bilinear resize is the identity, so both paths agree on a 16 x 16 image.
+    assert torch.equal(sam_only(square, do_resize=False)["pixel_values"], sam_only(square)["pixel_values"])
+    blip_only = EsamBlipImageProcessor(sam_image_size=None, blip_image_size=16)
+    assert torch.equal(blip_only(square, do_resize=False)["blip_pixel_values"], blip_only(square)["blip_pixel_values"])
+    with pytest.raises(ValueError, match=r"`images\[1\]` is 16x15, but with `do_resize=False` .* 16x16"):
+        sam_only([square, random_uint8(16, 15)], do_resize=False)
+    with pytest.raises(ValueError, match="blip_image_size"):
+        EsamBlipImageProcessor(sam_image_size=16, blip_image_size=8, do_resize=False)(square)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"do_resize": 1}, TypeError, "`do_resize` must be a bool, got int"),
+        ({"do_rescale": "no"}, TypeError, "`do_rescale` must be a bool, got str"),
+        ({"do_normalize": 0.0}, TypeError, "`do_normalize` must be a bool"),
+        ({"rescale_factor": "1/255"}, TypeError, "`rescale_factor` must be a number"),
+        ({"rescale_factor": True}, TypeError, "`rescale_factor` must be a number"),
+        ({"rescale_factor": 0}, ValueError, "`rescale_factor` must be a positive"),
+        ({"rescale_factor": float("nan")}, ValueError, "`rescale_factor` must be a positive"),
+        ({"image_mean": 0.5}, TypeError, "`image_mean` must be a sequence of 3 numbers"),
+        ({"blip_image_std": (1.0, 0.0, 1.0)}, ValueError, "`blip_image_std` must hold 3 positive values"),
+        ({"image_std": ["a", "b", "c"]}, TypeError, "`image_std` must be a sequence of 3 numbers"),
+    ],
+)
+def test_bad_pixel_settings(kwargs, error, match) -> None:
+    with pytest.raises(error, match=match):
+        EsamBlipImageProcessor(sam_image_size=8, blip_image_size=8)(random_uint8(5, 5), **kwargs)
+    with pytest.raises(error, match=match):
+        EsamBlipImageProcessor(sam_image_size=8, blip_image_size=8, **kwargs)
+
+
+def test_unknown_keyword_arguments_raise_type_errors() -> None:
+    processor = EsamBlipImageProcessor(sam_image_size=8)
+    for call in (processor, processor.preprocess):
+        with pytest.raises(TypeError, match=r"unexpected keyword arguments \['do_center_crop', 'sizes'\]"):
+            call(random_uint8(5, 5), sizes=8, do_center_crop=True)
+        with pytest.raises(TypeError, match="'max_num_points'"):
+            call(random_uint8(5, 5), max_num_points=2)
+
+
+def test_model_input_names_cover_every_output() -> None:
+    processor = EsamBlipImageProcessor(sam_image_size=16, blip_image_size=8)
+    out = processor(random_uint8(10, 20), input_points=[[[[1, 2]]]], input_boxes=[[[1, 1, 5, 5]]])
+    assert set(out) == set(processor.model_input_names)
+    assert processor.model_input_names[:2] == ["pixel_values", "blip_pixel_values"]
+
+
+def test_prompt_padding_and_grid_labels_use_the_prompt_vocabulary() -> None:
+    processor = EsamBlipImageProcessor(sam_image_size=16)
+    out = processor(random_uint8(10, 20), input_points=[[[[1, 2], [3, 4]], [[5, 6]]]], input_labels=[[[1, 0], [1]]])
+    assert out["input_labels"][0, 1, 1] == PromptLabel.PADDING
+    assert out["input_points"][0, 1, 1].tolist() == [PADDING_COORDINATE] * 2
+    *_, grid_labels = processor.generate_crop_boxes(random_uint8(10, 20), target_size=16, points_per_crop=2)
+    assert (grid_labels == PromptLabel.FOREGROUND).all()
+    frame_points = torch.tensor([[[8.0, 8.0], [PADDING_COORDINATE, PADDING_COORDINATE]]])
+    back = processor.post_process_points(frame_points, [(10, 20)])[0]
+    assert back.tolist() == [[10.0, 5.0], [PADDING_COORDINATE, PADDING_COORDINATE]]
+
+
+@pytest.mark.parametrize("masks", ["logits", None, [[[0.0, 1.0], [1.0, 0.0]]], [torch.zeros(1, 1, 4, 4), "x"]])
+def test_post_process_masks_rejects_non_arrays_with_a_type_error(masks) -> None:
+    with pytest.raises(TypeError, match=r"`masks(\[\d\])?` must be a torch tensor"):
+        EsamBlipImageProcessor(sam_image_size=8).post_process_masks(masks, [(8, 8)])
 
 
 # -------------------------------------------------------------------------------- mask-generation hooks

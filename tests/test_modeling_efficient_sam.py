@@ -217,3 +217,39 @@ def test_bad_images_raise_clear_errors(model):
         model(pixel_values=torch.zeros(1, 3, 32, 32), input_points=points)
     with pytest.raises(ValueError, match=r"image_embeddings.*\[batch, 16, 8, 8\].*\(1, 16, 4, 4\)"):
         model(image_embeddings=torch.zeros(1, 16, 4, 4), input_points=points)
+
+
+def test_attention_probabilities_and_eager_path_match_sdpa(model):
+    from transformers_esam_blip.modeling_efficient_sam import EfficientSamTwoWayAttention, EfficientSamVisionAttention
+
+    vision = next(m for m in model.modules() if isinstance(m, EfficientSamVisionAttention))
+    hidden = torch.randn(2, 64, 32)
+    with torch.no_grad():
+        fast, no_probs = vision(hidden)
+        eager, probs = vision(hidden, output_attentions=True)
+    assert no_probs is None
+    assert probs.shape == (2, 2, 64, 64)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 2, 64))
+    torch.testing.assert_close(eager, fast, rtol=0, atol=1e-5)
+
+    cross = model.model.sam.mask_decoder.transformer.layers[0].cross_attn_token_to_image
+    assert isinstance(cross, EfficientSamTwoWayAttention)
+    tokens, image = torch.randn(3, 11, 16), torch.randn(3, 64, 16)
+    with torch.no_grad():
+        fast, _ = cross(tokens, image, image)
+        eager, probs = cross(tokens, image, image, output_attentions=True)
+    assert probs.shape == (3, 2, 11, 64)
+    torch.testing.assert_close(eager, fast, rtol=0, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers 5 deprecates the name, still honours it
+def test_blocks_are_gradient_checkpointing_layers(model):
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    sam = model.model.sam
+    blocks = [*sam.vision_encoder.layers, *sam.mask_decoder.transformer.layers]
+    assert all(isinstance(block, GradientCheckpointingLayer) for block in blocks)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    assert all(block.gradient_checkpointing for block in blocks)
+    assert blocks[0]._gradient_checkpointing_func.keywords == {"use_reentrant": True}
+    assert model.model.sam.vision_encoder.get_input_embeddings() is sam.vision_encoder.patch_embed

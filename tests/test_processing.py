@@ -139,7 +139,10 @@ def test_return_numpy(processor: EsamBlipProcessor) -> None:
 
 
 def test_model_input_names_and_post_process(processor: EsamBlipProcessor) -> None:
-    assert processor.model_input_names == ["pixel_values", "blip_pixel_values", "input_ids", "attention_mask"]
+    image_names = EsamBlipImageProcessor.model_input_names
+    assert processor.model_input_names == [*image_names, "input_ids", "attention_mask"]
+    out = processor(images=random_image(), text="a dog", input_points=[[[[1, 2]]]], input_boxes=[[[1, 1, 4, 4]]])
+    assert set(out) == set(processor.model_input_names)
     logits = torch.randn(1, 2, 3, 8, 8)
     masks = processor.post_process_masks(logits, [(10, 12)])
     assert torch.equal(masks[0], processor.image_processor.post_process_masks(logits, [(10, 12)])[0])
@@ -163,6 +166,76 @@ def test_model_input_names_and_post_process(processor: EsamBlipProcessor) -> Non
     ],
 )
 def test_call_errors(processor: EsamBlipProcessor, kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        processor(**kwargs)
+
+
+# ----------------------------------------------------------------------------------- keyword arguments
+
+
+def test_tokenizer_kwargs_override_the_lavis_defaults(processor: EsamBlipProcessor) -> None:
+    texts = ["a dog", "the red bus runs on the grass"]
+    tokenizer = processor.tokenizer
+    default = processor(text=texts)
+    expected = tokenizer(
+        texts, padding="longest", truncation=True, max_length=35, return_token_type_ids=False, return_tensors="pt"
+    )
+    assert set(default) == set(expected)
+    for key in expected:
+        assert torch.equal(default[key], expected[key])
+    padded = processor(text=texts, padding="max_length", max_length=12)
+    assert padded["input_ids"].shape == (2, 12)
+    assert torch.equal(
+        padded["input_ids"], processor(text=texts, text_kwargs={"padding": "max_length", "max_length": 12})["input_ids"]
+    )
+    assert processor(text=texts, max_length=4)["input_ids"].shape == (2, 4)
+    assert "attention_mask" not in processor(text=texts, return_attention_mask=False)
+    assert "token_type_ids" in processor(text=texts, return_token_type_ids=True)
+    # Tokenizer arguments with images reach the tokenizer only; the image outputs stay as they were.
+    image = random_image()
+    joint = processor(images=image, text=texts, padding="max_length", max_length=12, truncation=True)
+    assert joint["input_ids"].shape == (2, 12)
+    assert torch.equal(joint["pixel_values"], processor(images=image)["pixel_values"])
+
+
+def test_image_kwargs_reach_the_image_processor_only(processor: EsamBlipProcessor, monkeypatch) -> None:
+    image = random_image()
+    seen = {}
+    original = processor.image_processor.preprocess
+
+    def spy(images, **kwargs):
+        seen.update(kwargs)
+        return original(images, **kwargs)
+
+    monkeypatch.setattr(processor.image_processor, "preprocess", spy)
+    out = processor(images=image, text="a dog", do_normalize=False, padding="max_length", max_length=8)
+    assert seen["do_normalize"] is False
+    assert not {"padding", "max_length", "truncation", "return_token_type_ids"} & set(seen)
+    assert out["input_ids"].shape == (1, 8)
+    grouped = processor(images=image, images_kwargs={"do_normalize": False})
+    assert torch.equal(grouped["pixel_values"], out["pixel_values"])
+    expected = processor.image_processor(image, do_normalize=False)["pixel_values"]
+    assert torch.equal(out["pixel_values"], expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"images": "image", "paddin": "longest"}, TypeError, r"unexpected keyword arguments \['paddin'\]"),
+        ({"text": "a dog", "images_kwargs": {"size": 3}}, TypeError, r"images_kwargs\['size'\]"),
+        ({"text": "a dog", "text_kwargs": {"do_resize": False}}, TypeError, r"text_kwargs\['do_resize'\]"),
+        ({"text": "a dog", "text_kwargs": "padding"}, TypeError, r"`text_kwargs` must be a dict"),
+        ({"images": "image", "max_txt_len": 3}, TypeError, r"\['max_txt_len'\]"),
+        ({"images": "image", "padding": "longest"}, ValueError, r"\['padding'\] only apply to text"),
+        ({"text": "a dog", "do_normalize": False}, ValueError, r"\['do_normalize'\] only apply to images"),
+        ({"images": "image", "do_resize": 1}, TypeError, "do_resize"),
+        ({"images": "image", "rescale_factor": "0.5"}, TypeError, "rescale_factor"),
+        ({"images": "image", "do_rescale": False, "images_kwargs": {"do_rescale": True}}, ValueError, "two times"),
+    ],
+)
+def test_keyword_argument_errors(processor: EsamBlipProcessor, kwargs: dict, error: type, match: str) -> None:
+    if kwargs.get("images") == "image":
+        kwargs["images"] = random_image()
     with pytest.raises(error, match=match):
         processor(**kwargs)
 
@@ -211,12 +284,10 @@ def test_segmentation_only_processor_saves_and_loads_without_tokenizer(tmp_path:
         assert loaded.image_processor.to_dict() == processor.image_processor.to_dict()
         out = loaded(images=PIL.Image.fromarray(random_image()), input_points=[[[[2, 3]]]])
         assert out["pixel_values"].shape == (1, 3, 1024, 1024) and out["input_points"].shape == (1, 1, 1, 2)
-        assert loaded.model_input_names == ["pixel_values", "blip_pixel_values"]
+        assert loaded.model_input_names == EsamBlipImageProcessor.model_input_names
 
 
-def test_saved_processors_load_as_remote_code_without_the_package(
-    processor: EsamBlipProcessor, tmp_path: Path
-) -> None:
+def test_saved_processors_load_as_remote_code_without_the_package(processor: EsamBlipProcessor, tmp_path: Path) -> None:
     processor.save_pretrained(tmp_path / "full")
     EsamBlipProcessor(EsamBlipImageProcessor(sam_image_size=32)).save_pretrained(tmp_path / "segmentation")
     script = textwrap.dedent(

@@ -28,7 +28,8 @@ from transformers_esam_blip.training import (
     tiny_processor,
     training_arguments,
 )
-from transformers_esam_blip.training import _training_arguments as cli_training_arguments
+from transformers_esam_blip.training.arguments import command_training_arguments
+from transformers_esam_blip.training.command import load_model
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Small scenes keep the data quick to make; the tiny model resizes them to 64² anyway.
@@ -100,39 +101,45 @@ def test_trainer_settings(tmp_path, dataset):
     assert trainer.processing_class is processor  # Trainer saves it into every checkpoint
     assert not trainer.model_accepts_loss_kwargs  # the loss is a mean: no rescaling by the number of processes
     batch = trainer.data_collator([dataset[0], dataset[1]])
-    assert isinstance(trainer.data_collator, EsamBlipTrainingCollator) and batch["text_prompt_mode"] == "learned"
+    # How texts become prompts is the model's config (saved with every checkpoint), not a batch entry.
+    assert isinstance(trainer.data_collator, EsamBlipTrainingCollator) and "text_prompt_mode" not in batch
     assert low_res_mask_size(model.config) == 32 and batch["labels"].shape == (2, 1, 32, 32)
     metrics = trainer.evaluate()  # the `evaluate` metric through preprocess_logits_for_metrics
     assert {"eval_loss", "eval_mean_iou", "eval_precision@0.5", "eval_itm_accuracy", "eval_itm_roc_auc"} <= set(metrics)
     with pytest.raises(ValueError, match=r"`label_names` must be \['labels', 'match_labels'\]"):
         training_arguments(tmp_path, label_names=["labels"])
+    no_prompter = EsamBlipForPromptableSegmentation(tiny_joint_config())
     with pytest.raises(ValueError, match=r"needs a learned text prompter"):
-        build_trainer(EsamBlipForPromptableSegmentation(tiny_joint_config()), processor, dataset, output_dir=tmp_path)
+        build_trainer(no_prompter, processor, dataset, output_dir=tmp_path, text_prompt_mode="learned")
+    with pytest.raises(ValueError, match=r"`text_prompt_mode` must be one of \('auto', "):
+        build_trainer(no_prompter, processor, dataset, output_dir=tmp_path, text_prompt_mode="oracle")
+    # Without a mode the model's config decides: "auto" is Grad-CAM prompting without a prompter.
+    build_trainer(no_prompter, processor, dataset, output_dir=tmp_path)
+    build_trainer(no_prompter, processor, dataset, output_dir=tmp_path, text_prompt_mode="gradcam")
+    assert no_prompter.config.text_prompt_mode == "gradcam"
     with pytest.raises(ValueError, match=r"either `args` or `output_dir`"):
         build_trainer(model, processor, dataset, output_dir=tmp_path, args=trainer.args)
 
 
 def test_cli_push_to_hub_arguments(tmp_path):
     argv = ["--config", "tiny", *SCENE_ARGS, "--output_dir", str(tmp_path), "--push_to_hub", "me/esam-blip-tiny"]
-    args = cli_training_arguments(build_parser().parse_args(argv))
+    args = command_training_arguments(build_parser().parse_args(argv))
     assert args.push_to_hub and args.hub_model_id == "me/esam-blip-tiny"
-    assert not cli_training_arguments(build_parser().parse_args(argv[:-2])).push_to_hub
+    assert not command_training_arguments(build_parser().parse_args(argv[:-2])).push_to_hub
 
 
 def test_cli_absent_mask_loss_sets_the_config(tmp_path):
-    from transformers_esam_blip.training import _load_model
-
     base = ["--config", "tiny", *SCENE_ARGS, "--output_dir", str(tmp_path)]
-    assert _load_model(build_parser().parse_args(base))[0].config.absent_mask_loss is False
-    assert _load_model(build_parser().parse_args([*base, "--absent_mask_loss"]))[0].config.absent_mask_loss is True
+    assert load_model(build_parser().parse_args(base))[0].config.absent_mask_loss is False
+    assert load_model(build_parser().parse_args([*base, "--absent_mask_loss"]))[0].config.absent_mask_loss is True
     # From a checkpoint, the flag overrides the saved setting and its absence keeps it.
-    model, processor = _load_model(build_parser().parse_args([*base, "--absent_mask_loss"]))
+    model, processor = load_model(build_parser().parse_args([*base, "--absent_mask_loss"]))
     model.save_pretrained(tmp_path / "ckpt")
     processor.save_pretrained(tmp_path / "ckpt")
     from_checkpoint = ["--model", str(tmp_path / "ckpt"), *SCENE_ARGS, "--output_dir", str(tmp_path / "run")]
-    assert _load_model(build_parser().parse_args(from_checkpoint))[0].config.absent_mask_loss is True
+    assert load_model(build_parser().parse_args(from_checkpoint))[0].config.absent_mask_loss is True
     turned_off = [*from_checkpoint, "--no-absent_mask_loss"]
-    assert _load_model(build_parser().parse_args(turned_off))[0].config.absent_mask_loss is False
+    assert load_model(build_parser().parse_args(turned_off))[0].config.absent_mask_loss is False
 
 
 def test_resume_continues_the_global_step(tmp_path, capsys):
@@ -224,6 +231,12 @@ def no_prompter_checkpoint(tmp_path_factory) -> Path:
         (["--config", "tiny", "--absent_fraction", "1"], r"--absent_fraction must lie in \[0, 1\), got 1.0"),
         (["--config", "tiny", "--lr_scheduler_type", "wobbly"], r"wobbly"),
         (["--model", "/no/such/model"], r"--model /no/such/model does not exist"),
+        (
+            ["--model", "esam-blip-shape"],
+            r"--model esam-blip-shape is neither a folder nor a built-in model; did you mean 'esam-blip-shapes'\? "
+            r"The built-in models are: esam-blip-shapes$",
+        ),
+        (["--config", "tiny", "--text_prompt_mode", "oracle"], r"argument --text_prompt_mode: invalid choice"),
         (["--config", "tiny", "--resume_from_checkpoint"], r"No valid checkpoint found in output directory"),
         (
             ["--config", "tiny", "--resume_from_checkpoint", "/no/such/ckpt"],
@@ -262,13 +275,16 @@ def test_cli_itm_fusion_and_curriculum(tmp_path):
 def test_cli_model_without_prompter(tmp_path, capsys, no_prompter_checkpoint):
     argv = ["--model", str(no_prompter_checkpoint), *SCENE_ARGS, "--cache_dir", str(tmp_path / "data")]
     argv += ["--output_dir", str(tmp_path / "out"), "--max_steps", "1"]
-    assert main(argv) == 2
-    assert "needs a learned prompter, but --model" in capsys.readouterr().err
-    # Adding a prompter and a fusion to the checkpoint and training only them.
-    assert main([*argv, "--prompter_source", "itm", "--fusion_type", "adapter", "--freeze", "prompter_fusion"]) == 0
+    assert main([*argv, "--text_prompt_mode", "learned"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # after the weights' loading bar
+    assert err[-1].startswith("error: --text_prompt_mode learned does not fit --model")
+    assert "--prompter_source text|itm" in err[-1] and not any(line.startswith("Traceback") for line in err)
+    # Adding a prompter and a fusion to the checkpoint and training only them; the mode is saved in the config.
+    extra = ["--prompter_source", "itm", "--fusion_type", "adapter", "--freeze", "prompter_fusion"]
+    assert main([*argv, *extra, "--text_prompt_mode", "learned"]) == 0
     assert "parameters train (--freeze prompter_fusion)" in capsys.readouterr().err
     config = AutoModel.from_pretrained(tmp_path / "out").config
-    assert config.prompter_source == "itm" and config.fusion_type == "adapter"
+    assert config.prompter_source == "itm" and config.fusion_type == "adapter" and config.text_prompt_mode == "learned"
 
 
 def _free_port() -> int:
@@ -317,7 +333,10 @@ def test_accelerate_launch_two_processes(tmp_path, launcher, processes):
 
 
 def test_shapes_config_is_the_builtin_architecture():
+    from transformers_esam_blip.builtin import BUILTIN_PRESETS
     from transformers_esam_blip.training import shapes_config, shapes_processor
+
+    assert BUILTIN_PRESETS["shapes"].model_name == "esam-blip-shapes"
 
     processor = shapes_processor()
     config = shapes_config(processor)

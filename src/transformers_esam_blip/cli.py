@@ -1,49 +1,55 @@
-"""The `esam-blip` command: segment an image from text, points or a box, segment everything, score image-text matches.
+"""The `esam-blip` command: segment, score matches, and every other command of the package under one name.
 
-    esam-blip segment IMAGE --text "a dog" [--text ...] --model DIR_OR_REPO --output out.png [--json out.json]
+    esam-blip segment IMAGE --text "a dog" [--text ...] --model DIR_OR_NAME --output out.png [--json out.json]
     esam-blip segment IMAGE --points 120,80 300,200,0 [--box 10,20,200,220] --model ... --output out.png
     esam-blip everything IMAGE --model ... --output out.png [--json ...] [--points-per-batch 64] [--pred-iou-thresh 0.88]
     esam-blip itm IMAGE --text "a dog" [--text ...] --model ... [--json out.json]
+    esam-blip train --config tiny --dataset synthetic --output_dir out     # python -m transformers_esam_blip.training
+    esam-blip evaluate [--model esam-blip-shapes] [--json scores.json]     # python -m transformers_esam_blip.evaluation
+    esam-blip demo [--num_scenes 3]                                        # python -m transformers_esam_blip.demo
+    esam-blip convert --efficientsam vits.pt --output_dir esam-s           # conversion/convert_esam_blip.py
+    esam-blip export MODEL --output DIR [--overwrite] [--opset N]          # ONNX (pip install ".[onnx]")
 
-Errors are one line on stderr (`error: ...`) and exit status 2; results go to stdout, progress to stderr.
+Errors are one line on stderr (`error: ...`) and exit status 2 (`--debug` shows the traceback instead); results go to
+stdout, progress to stderr.
 """
 
 import argparse
 import json
-import re
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import PIL.Image
 import torch
 from transformers import pipeline
 from transformers.image_utils import load_image
 
-from .builtin import resolve_pretrained_name
+from . import demo, evaluation
+from .commands import (
+    CliError,
+    CommandParser,
+    default_device,
+    load_checkpoint_config,
+    looks_like_hub_id,
+    parse_device,
+    resolve_model_argument,
+    run_command,
+)
 from .configuration_esam_blip import EsamBlipConfig
+from .conversion import checkpoint as conversion
+from .export import MAX_OPSET, MIN_OPSET, export_onnx
 from .modeling_esam_blip import EsamBlipForImageTextMatching, EsamBlipForPromptableSegmentation
 from .pipelines import TASK
 from .processing_esam_blip import EsamBlipProcessor
+from .text_prompt_strategies import text_prompt_mode_choices
+from .training import arguments as training_arguments
+from .training import command as training
 from .visualization import draw_masks, draw_panels, draw_text_result, save_png
 
-EXIT_ERROR = 2
 # Point labels a user may give on the command line (box corners come from --box).
 _USER_POINT_LABELS = (0, 1)
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-
-
-class CliError(Exception):
-    """A problem with the command line or its inputs, reported as one `error: ...` line."""
-
-
-class CommandParser(argparse.ArgumentParser):
-    """An `ArgumentParser` whose errors raise [`CliError`] (one line, a status) instead of exiting the interpreter."""
-
-    # argparse prints the usage and exits; the CLI reports one line and returns a status instead, so `main()` can be
-    # called in-process.
-    def error(self, message: str) -> NoReturn:
-        raise CliError(f"{message} (see `{self.prog} --help`)")
 
 
 def _numbers(text: str, what: str, counts: tuple[int, ...]) -> list[float]:
@@ -71,51 +77,125 @@ def parse_box(text: str) -> list[float]:
     return _numbers(text, "box (expected x1,y1,x2,y2)", (4,))
 
 
+def _add_inference_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("image", type=Path, help="image file (any format PIL reads)")
+    command.add_argument("--model", required=True, help="checkpoint folder, built-in model name or Hub id")
+    command.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    command.add_argument(
+        "--device", type=parse_device, help="torch device: cpu, cuda, cuda:1, ... (default: the accelerator if any)"
+    )
+
+
+def _add_export_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("model", help="checkpoint folder or built-in model name")
+    command.add_argument("--output", type=Path, required=True, help="folder for the ONNX files")
+    command.add_argument("--overwrite", action="store_true", help="replace the files of an existing --output")
+    command.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+
+
+def _add_command(
+    commands: argparse._SubParsersAction,
+    name: str,
+    summary: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], Any],
+    examples: str | None = None,
+) -> None:
+    command = commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=None if examples is None else f"examples:\n{examples}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(command)
+    command.set_defaults(run=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    summary, examples = __doc__.split("\n", 1)
+    summary, examples = __doc__.strip().split("\n\n", 2)[:2]
     parser = CommandParser(
         prog="esam-blip",
         description=summary,
-        epilog=f"examples:\n{examples.lstrip()}",
+        epilog=f"examples:\n{examples}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 
-    def add_common(command: argparse.ArgumentParser) -> None:
-        command.add_argument("image", type=Path, help="image file (any format PIL reads)")
-        command.add_argument("--model", required=True, help="converted checkpoint folder or Hub id")
-        command.add_argument("--json", type=Path, help="also write the results to this JSON file")
-        command.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-
     segment = commands.add_parser("segment", help="segment what a text describes, or from points and/or a box")
-    add_common(segment)
+    _add_inference_arguments(segment)
     segment.add_argument("--text", action="append", help="what to segment (repeat for several objects)")
     segment.add_argument(
         "--text-prompt-mode",
         dest="text_prompt_mode",
-        choices=("auto", "learned", "gradcam"),
-        default="auto",
+        choices=text_prompt_mode_choices(),
         help="how texts become prompts: the trained prompter (learned), Grad-CAM points (gradcam), or learned when "
-        "the model has a prompter (auto, default)",
+        "the model has a prompter (auto); default: the model's config",
     )
     segment.add_argument(
         "--points", nargs="+", type=parse_point, metavar="X,Y[,LABEL]", help="point prompts in image pixels"
     )
     segment.add_argument("--box", type=parse_box, metavar="X1,Y1,X2,Y2", help="box prompt in image pixels")
     segment.add_argument("--output", type=Path, required=True, help="PNG picture of the result")
+    segment.set_defaults(run=_run_inference)
 
     everything = commands.add_parser("everything", help="segment everything (automatic mask generation)")
-    add_common(everything)
+    _add_inference_arguments(everything)
     everything.add_argument("--output", type=Path, required=True, help="PNG picture of all masks")
     everything.add_argument("--points-per-side", type=int, default=32, help="prompt grid points per side")
     everything.add_argument("--points-per-batch", type=int, default=64, help="point prompts per decoder call")
     everything.add_argument("--pred-iou-thresh", type=float, default=0.88, help="minimum predicted IoU of a mask")
     everything.add_argument("--stability-score-thresh", type=float, default=0.95, help="minimum stability score")
     everything.add_argument("--crops-n-layers", type=int, default=0, help="layers of image crops beyond the image")
+    everything.set_defaults(run=_run_inference)
 
     itm = commands.add_parser("itm", help="image-text match probability (ITM) and similarity (ITC) per text")
-    add_common(itm)
+    _add_inference_arguments(itm)
     itm.add_argument("--text", action="append", required=True, help="a text to score (repeat for several)")
+    itm.set_defaults(run=_run_inference)
+
+    _add_command(
+        commands,
+        "train",
+        "train or fine-tune a model (python -m transformers_esam_blip.training)",
+        training_arguments.SUMMARY,
+        training_arguments.add_arguments,
+        training.run,
+        training_arguments.EXAMPLES,
+    )
+    _add_command(
+        commands,
+        "evaluate",
+        "score referring segmentation (python -m transformers_esam_blip.evaluation)",
+        evaluation.SUMMARY,
+        evaluation.add_arguments,
+        evaluation.run,
+    )
+    _add_command(
+        commands,
+        "demo",
+        "the built-in model on fresh scenes (python -m transformers_esam_blip.demo)",
+        demo.SUMMARY,
+        demo.add_arguments,
+        demo.run,
+    )
+    _add_command(
+        commands,
+        "convert",
+        "convert original checkpoints (conversion/convert_esam_blip.py)",
+        conversion.SUMMARY,
+        conversion.add_arguments,
+        conversion.run,
+    )
+    _add_command(
+        commands,
+        "export",
+        "export a model to ONNX (needs the onnx extra)",
+        "Export an EsamBlip model (folder or built-in name) to ONNX files.",
+        _add_export_arguments,
+        run_export,
+    )
     return parser
 
 
@@ -134,32 +214,6 @@ def _load_image(path: Path) -> PIL.Image.Image:
         raise CliError(f"{path} is not a readable image ({error})") from error
 
 
-def looks_like_hub_id(model: str) -> bool:
-    """`name` or `owner/name`, as the Hub spells repositories; anything else can only be a local path."""
-    return _HUB_ID.fullmatch(model) is not None
-
-
-def load_checkpoint_config(model: str) -> EsamBlipConfig:
-    """The `EsamBlipConfig` of `--model` (built-in name, folder or Hub id), or a [`CliError`] saying what is wrong."""
-    model = str(resolve_pretrained_name(model))  # a built-in model's name → its folder
-    path = Path(model)
-    if path.exists() and not path.is_dir():
-        raise CliError(f"--model {model} is a file; give the converted checkpoint folder")
-    if not path.exists() and not looks_like_hub_id(model):
-        raise CliError(f"--model {model} does not exist")
-    try:
-        config_dict, _ = EsamBlipConfig.get_config_dict(model)
-    except (OSError, ValueError) as error:
-        raise CliError(f"cannot load --model {model}: {error}") from error
-    # A folder without config.json gives an empty dict rather than an error.
-    if config_dict.get("model_type") != EsamBlipConfig.model_type:
-        found = f"model_type {config_dict['model_type']!r}" if "model_type" in config_dict else "no config.json"
-        raise CliError(
-            f"--model {model} is not an EsamBlip checkpoint ({found}); convert one with conversion/convert_esam_blip.py"
-        )
-    return EsamBlipConfig.from_dict(config_dict)
-
-
 def _require_part(config: EsamBlipConfig, model: str, blip: bool, what: str) -> None:
     if blip and not config.has_blip:
         raise CliError(f"{what} needs the BLIP half, but --model {model} is segmentation-only (convert it with --blip)")
@@ -169,8 +223,8 @@ def _require_part(config: EsamBlipConfig, model: str, blip: bool, what: str) -> 
         )
 
 
-def _device(name: str | None) -> torch.device:
-    return torch.device(name if name is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+def _device(device: torch.device | None) -> torch.device:
+    return device if device is not None else default_device()
 
 
 def _check_png(path: Path) -> None:
@@ -362,30 +416,38 @@ def run_itm(args: argparse.Namespace) -> dict[str, Any]:
     return {"mode": "itm", "image_size": _image_size(image), "results": results}
 
 
-COMMANDS = {"segment": run_segment, "everything": run_everything, "itm": run_itm}
-
-
-def run_command(parser: argparse.ArgumentParser, action, argv: list[str] | None) -> int:
-    """Parse `argv` and run `action(args)`; errors become one `error: ...` line and `EXIT_ERROR`."""
+def run_export(args: argparse.Namespace) -> None:
+    """ONNX files of `args.model` in `args.output`, one line per file written."""
+    model = resolve_model_argument(args.model, argument="MODEL")
+    load_checkpoint_config(model, argument="MODEL")
+    if args.output.exists() and not args.output.is_dir():
+        raise CliError(f"--output {args.output} is a file; give a folder")
+    if args.output.is_dir() and any(args.output.iterdir()) and not args.overwrite:
+        raise CliError(f"--output {args.output} is not empty; pass --overwrite to replace its contents")
+    if args.opset is not None and not MIN_OPSET <= args.opset <= MAX_OPSET:
+        raise CliError(f"--opset must be in [{MIN_OPSET}, {MAX_OPSET}], got {args.opset}")
+    _progress(f"Exporting {args.model} to {args.output} ...")
     try:
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit as done:  # --help
-            return int(done.code or 0)
-        action(args)
-    except (CliError, ValueError, TypeError, OSError) as error:
-        # Library errors name the argument and the fix already; one line keeps them readable in a terminal.
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return EXIT_ERROR
-    return 0
+        written = export_onnx(model, args.output, overwrite=args.overwrite, opset_version=args.opset)
+    except ImportError as error:  # onnx and onnxruntime are an optional extra
+        raise CliError(f"export needs ONNX: pip install 'transformers-esam-blip[onnx]' ({error})") from error
+    for name, path in written.items():
+        print(f"{name}: {path}")
+
+
+INFERENCE_COMMANDS = {"segment": run_segment, "everything": run_everything, "itm": run_itm}
+
+
+def _run_inference(args: argparse.Namespace) -> None:
+    args.model = resolve_model_argument(args.model)  # a built-in model's name → its folder
+    _write_json(args.json, INFERENCE_COMMANDS[args.command](args))
 
 
 def _run(args: argparse.Namespace) -> None:
-    args.model = str(resolve_pretrained_name(args.model))  # a built-in model's name → its folder
-    _write_json(args.json, COMMANDS[args.command](args))
+    args.run(args)  # the sub-command's own runner (set by `set_defaults`)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the `esam-blip` command with `argv` (default: `sys.argv[1:]`); returns the exit status."""
     return run_command(build_parser(), _run, argv)
 
@@ -400,6 +462,7 @@ __all__ = [
     "parse_box",
     "parse_point",
     "run_command",
+    "run_export",
 ]
 
 if __name__ == "__main__":

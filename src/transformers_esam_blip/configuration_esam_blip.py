@@ -6,6 +6,7 @@ from transformers import BlipTextConfig, BlipVisionConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .builtin import BuiltinNamesMixin
+from .fusion import fusion_class
 
 
 class EfficientSamVisionConfig(PreTrainedConfig):
@@ -147,7 +148,6 @@ class EfficientSamMaskDecoderConfig(PreTrainedConfig):
             raise ValueError("`upscaling_hidden_sizes` must hold at least one value.")
 
 
-FUSION_TYPES = ("none", "concat", "cross_attention", "adapter", "multilevel")
 PROMPTER_SOURCES = ("text", "itm")
 
 _SUB_CONFIG_CLASSES: dict[str, type[PreTrainedConfig]] = {
@@ -188,8 +188,8 @@ class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
         segmentation (`bool`, *optional*): set `False` to build a matching-only config without the EfficientSAM
             defaults. By default the EfficientSAM half is built whenever none of its sub-configs is given and no
             BLIP sub-config is given either (the plain `EsamBlipConfig()` is a full EfficientSAM-S model).
-        fusion_type (`str`, defaults to `"none"`): how BLIP ViT features enter the EfficientSAM image embeddings
-            before the mask decoder (see `fusion.py`). `"none"` builds nothing, so converted checkpoints reproduce
+        fusion_type (`str`, defaults to `"none"`): the registered fusion (`fusion.FUSIONS`) by which BLIP ViT
+            features enter EfficientSAM (see `fusion.py`). `"none"` builds nothing, so converted checkpoints reproduce
             the originals; `"concat"` (BLIP grid resized to the SAM grid, channels concatenated, conv projection),
             `"cross_attention"` (SAM tokens attend to BLIP tokens), `"adapter"` (light adapters on both, summed) and
             `"multilevel"` (projected BLIP features added inside the EfficientSAM ViT after block `fusion_layer`)
@@ -211,6 +211,9 @@ class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
             `"text"` (the text-only [CLS] hidden state) or `"itm"` (the [ENC] hidden state of the ITM pass, which
             cross-attends to the image). `None` (the default) builds no prompter, as for converted checkpoints.
         num_prompt_tokens (`int`, defaults to 4): sparse prompt embeddings the prompter makes per text.
+        text_prompt_mode (`str`, defaults to `"auto"`): the default text-prompt strategy (a key of
+            `text_prompt_strategies.TEXT_PROMPT_STRATEGIES`, or `"auto"`: `"learned"` when the checkpoint has a
+            prompter, else `"gradcam"`); `forward(text_prompt_mode=...)` overrides it per call.
         focal_loss_weight (`float`, defaults to 20.0): weight of the sigmoid focal loss on the masks (SAM's 20:1).
         dice_loss_weight (`float`, defaults to 1.0): weight of the dice loss on the masks.
         iou_loss_weight (`float`, defaults to 1.0): weight of the MSE between the predicted and the actual IoU.
@@ -218,9 +221,7 @@ class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
             `match_labels`).
         absent_mask_loss (`bool`, defaults to `False`): also train the masks of absent expressions (`match_labels`
             0) towards an empty mask. Off by default, as in SAM's recipe, which trains masks only for objects that
-            exist: presence is the ITM head's job, and an empty target pulls the decoder towards all-background
-            masks (in a 1,000-step comparison of the `shapes` config from scratch, evaluation mIoU 0.015 with it,
-            0.53 without; after 10,000 steps the two recipes ended level, README).
+            exist: presence is the ITM head's job.
         initializer_range (`float`, defaults to 0.02): std of weight init for new layers.
     """
 
@@ -251,6 +252,7 @@ class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
     itm_fusion: bool = False
     prompter_source: str | None = None
     num_prompt_tokens: int = 4
+    text_prompt_mode: str = "auto"
     focal_loss_weight: float = 20.0
     dice_loss_weight: float = 1.0
     iou_loss_weight: float = 1.0
@@ -335,8 +337,7 @@ class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
         settings. [`EsamBlipModel`] calls it again before building its modules, since `from_pretrained(path,
         fusion_type=...)` sets attributes after `__post_init__`.
         """
-        if self.fusion_type not in FUSION_TYPES:
-            raise ValueError(f"`fusion_type` must be one of {FUSION_TYPES}, got {self.fusion_type!r}.")
+        fusion = fusion_class(self.fusion_type)
         if self.prompter_source is not None and self.prompter_source not in PROMPTER_SOURCES:
             raise ValueError(
                 f"`prompter_source` must be None (no learned prompter) or one of {PROMPTER_SOURCES}, got "
@@ -344,13 +345,13 @@ class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
             )
         if not isinstance(self.itm_fusion, bool):
             raise TypeError(f"`itm_fusion` must be a bool, got {type(self.itm_fusion).__name__}.")
-        if self.itm_fusion and self.fusion_type == "multilevel":
+        if self.itm_fusion and fusion is not None and fusion.location == "encoder":
             raise ValueError(
                 "`itm_fusion=True` adds the plain EfficientSAM embeddings to BLIP's tokens, but `fusion_type="
-                "'multilevel'` makes the EfficientSAM encoder depend on BLIP: choose one of the two."
+                f"{self.fusion_type!r}` fuses inside the EfficientSAM encoder, which then depends on BLIP: choose one of the two."
             )
         joins = (
-            ("fusion_type", self.fusion_type != "none"),
+            ("fusion_type", fusion is not None),
             ("prompter_source", self.prompter_source),
             ("itm_fusion", self.itm_fusion),
         )
@@ -360,16 +361,16 @@ class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
                     f"`{name}={getattr(self, name)!r}` joins BLIP and EfficientSAM: the config needs both halves, got "
                     f"has_segmentation={self.has_segmentation}, has_blip={self.has_blip}."
                 )
-        if self.fusion_type == "multilevel" and self.fusion_layer is None:
+        if fusion is not None and fusion.location == "encoder" and self.fusion_layer is None:
             self.fusion_layer = self.sam_vision_config.num_hidden_layers // 2
-        if self.fusion_type not in ("none", "multilevel") and self.fusion_hidden_size is None:
+        if fusion is not None and fusion.location == "decoder" and self.fusion_hidden_size is None:
             self.fusion_hidden_size = self.sam_vision_config.output_channels
         if self.num_prompt_tokens < 1:
             raise ValueError(f"`num_prompt_tokens` must be >= 1, got {self.num_prompt_tokens}.")
         for name in ("focal_loss_weight", "dice_loss_weight", "iou_loss_weight", "itm_loss_weight"):
             if not 0.0 <= getattr(self, name) < float("inf"):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {getattr(self, name)}.")
-        if self.fusion_type == "multilevel":
+        if fusion is not None and fusion.location == "encoder":
             num_layers = self.sam_vision_config.num_hidden_layers
             if not 0 <= self.fusion_layer < num_layers:
                 raise ValueError(
@@ -378,11 +379,8 @@ class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
                 )
         if self.fusion_hidden_size is not None and self.fusion_hidden_size < 1:
             raise ValueError(f"`fusion_hidden_size` must be >= 1, got {self.fusion_hidden_size}.")
-        if self.fusion_type == "cross_attention" and self.fusion_hidden_size % self.fusion_num_attention_heads:
-            raise ValueError(
-                f"`fusion_num_attention_heads` ({self.fusion_num_attention_heads}) must divide `fusion_hidden_size` "
-                f"({self.fusion_hidden_size})."
-            )
+        if fusion is not None:
+            fusion.check_config(self)
 
     @property
     def has_segmentation(self) -> bool:
@@ -403,7 +401,6 @@ class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
 
 
 __all__ = [
-    "FUSION_TYPES",
     "PROMPTER_SOURCES",
     "EfficientSamMaskDecoderConfig",
     "EfficientSamPromptEncoderConfig",

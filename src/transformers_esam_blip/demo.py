@@ -13,6 +13,7 @@ instead: the bundled scene (or `--image`) segmented from one point and one box.
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 
 from .builtin import DEFAULT_BUILTIN_MODEL
+from .commands import CliError, CommandParser, load_checkpoint_config, run_command
 from .data import COLOURS, SHAPES, generate_scene, scene_rng
 from .evaluation import predict_referring
 from .metrics import compute_referring_metrics
@@ -27,6 +29,7 @@ from .modeling_esam_blip import EsamBlipForPromptableSegmentation
 from .processing_esam_blip import EsamBlipProcessor
 from .visualization import draw_masks, draw_panels, save_masks_png, save_png
 
+SUMMARY = __doc__.split("\n", 1)[0]
 DEMO_IMAGE = Path(__file__).resolve().parent / "assets" / "demo_scene.png"
 DEMO_POINT = [125.0, 135.0]
 DEMO_BOX = [262.0, 52.0, 428.0, 178.0]
@@ -132,8 +135,8 @@ def run_point_box_demo(
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the demo's arguments to `parser` (the `python -m` command's, or `esam-blip demo`'s)."""
     parser.add_argument(
         "--model", default=DEFAULT_BUILTIN_MODEL, help=f"name, folder or Hub id (default {DEFAULT_BUILTIN_MODEL})"
     )
@@ -141,27 +144,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=DEFAULT_DEMO_SEED, help=f"scene seed (default {DEFAULT_DEMO_SEED})")
     parser.add_argument("--output_dir", type=Path, default=Path("esam_blip_demo"), help="where the PNGs go")
     parser.add_argument("--image", type=Path, default=DEMO_IMAGE, help="point-and-box demo image (models without text)")
-    args = parser.parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m transformers_esam_blip.demo`."""
+    parser = CommandParser(prog="python -m transformers_esam_blip.demo", description=SUMMARY)
+    add_arguments(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the demo as the parsed command line says (`python -m transformers_esam_blip.demo` / `esam-blip demo`)."""
     if args.num_scenes < 1:
-        print(f"error: --num_scenes must be >= 1, got {args.num_scenes}", file=sys.stderr)
-        return 2
+        raise CliError(f"--num_scenes must be >= 1, got {args.num_scenes}")
+    load_checkpoint_config(args.model)
     try:
         model = EsamBlipForPromptableSegmentation.from_pretrained(args.model).eval()
         processor = EsamBlipProcessor.from_pretrained(args.model)
     except (OSError, ValueError) as error:
-        print(f"error: cannot load --model {args.model}: {error}", file=sys.stderr)
-        return 2
+        raise CliError(f"cannot load --model {args.model}: {error}") from error
     print(f"Model: {args.model} ({model.num_parameters():,} parameters)")
     if model.config.prompter_source is not None and model.config.has_blip and processor.tokenizer is not None:
         run_text_demo(model, processor, args.output_dir, args.num_scenes, args.seed)
-    else:
-        if not args.image.is_file():
-            print(f"error: --image {args.image} does not exist", file=sys.stderr)
-            return 2
-        print("No learned text prompter: segmenting from a point and a box instead.")
-        run_point_box_demo(model, processor, args.image, args.output_dir / "point_box.png")
-    return 0
+        return
+    if not args.image.is_file():
+        raise CliError(f"--image {args.image} does not exist")
+    print("No learned text prompter: segmenting from a point and a box instead.")
+    run_point_box_demo(model, processor, args.image, args.output_dir / "point_box.png")
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo with `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    return run_command(build_parser(), run, argv)
+
+
+__all__ = [
+    "DEMO_BOX",
+    "DEMO_IMAGE",
+    "DEMO_POINT",
+    "SUMMARY",
+    "add_arguments",
+    "build_parser",
+    "main",
+    "run",
+    "run_point_box_demo",
+    "run_text_demo",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,11 +22,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .builtin import DEFAULT_BUILTIN_MODEL
+from .commands import CliError, CommandParser, load_checkpoint_config, run_command
 from .data import load_referring_dataset, mask_to_bool, synthetic_referring_dataset
 from .metrics import best_masks, compute_referring_metrics, mask_ious, roc_auc
-from .modeling_esam_blip import TEXT_PROMPT_MODES, EsamBlipForPromptableSegmentation
+from .modeling_esam_blip import EsamBlipForPromptableSegmentation
 from .processing_esam_blip import EsamBlipProcessor
+from .text_prompt_strategies import text_prompt_mode_choices
 
+SUMMARY = __doc__.split("\n", 1)[0]
 # Seed of the README's test scenes: the training command draws its scenes with seeds 0 (training) and 1 (evaluation).
 DEFAULT_TEST_SEED = 2026
 
@@ -96,8 +99,8 @@ def evaluate_referring_segmentation(
         `itm_accuracy`, `itm_roc_auc`, and `num_present`, `num_absent`; with `breakdown`, the keys of
         [`synthetic_breakdown`] too.
     """
-    if text_prompt_mode not in TEXT_PROMPT_MODES:
-        raise ValueError(f"`text_prompt_mode` must be one of {TEXT_PROMPT_MODES}, got {text_prompt_mode!r}.")
+    if text_prompt_mode not in text_prompt_mode_choices():
+        raise ValueError(f"`text_prompt_mode` must be one of {text_prompt_mode_choices()}, got {text_prompt_mode!r}.")
     missing = [name for name in ("image", "text", "mask") if name not in dataset.column_names]
     if missing:
         raise ValueError(f"The dataset lacks the column(s) {missing}; it has {dataset.column_names}.")
@@ -205,9 +208,8 @@ def synthetic_breakdown(
     return results
 
 
-def build_parser() -> argparse.ArgumentParser:
-    summary = __doc__.split("\n", 1)[0]
-    parser = argparse.ArgumentParser(prog="python -m transformers_esam_blip.evaluation", description=summary)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the evaluation command's arguments to `parser` (the `python -m` command's, or `esam-blip evaluate`'s)."""
     parser.add_argument(
         "--model", default=DEFAULT_BUILTIN_MODEL, help=f"name, folder or Hub id (default {DEFAULT_BUILTIN_MODEL})"
     )
@@ -218,44 +220,62 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=DEFAULT_TEST_SEED, help=f"synthetic seed (default {DEFAULT_TEST_SEED})"
     )
     parser.add_argument("--absent_fraction", type=float, default=0.25, help="synthetic absent expressions (0.25)")
-    parser.add_argument("--text_prompt_mode", choices=TEXT_PROMPT_MODES, default="learned")
+    parser.add_argument("--text_prompt_mode", choices=text_prompt_mode_choices(), default="learned")
     parser.add_argument("--cache_dir", help="`datasets` cache folder")
     parser.add_argument(
         "--breakdown", action="store_true", help="synthetic data: mIoU and ITM ROC-AUC by kind of confusion"
     )
     parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m transformers_esam_blip.evaluation`."""
+    parser = CommandParser(prog="python -m transformers_esam_blip.evaluation", description=SUMMARY)
+    add_arguments(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> None:
+    """Evaluate as the parsed command line says (`python -m transformers_esam_blip.evaluation` / `esam-blip evaluate`)."""
     if args.num_scenes < 1:
-        print(f"error: --num_scenes must be >= 1, got {args.num_scenes}", file=sys.stderr)
-        return 2
-    try:
-        model = EsamBlipForPromptableSegmentation.from_pretrained(args.model)
-        processor = EsamBlipProcessor.from_pretrained(args.model)
-        if args.dataset == "synthetic":
-            dataset = synthetic_referring_dataset(
-                args.num_scenes, seed=args.seed, absent_fraction=args.absent_fraction, cache_dir=args.cache_dir
-            )
-        else:
-            dataset = load_referring_dataset(args.dataset, split=args.dataset_split, cache_dir=args.cache_dir)
-        results = evaluate_referring_segmentation(
-            model, processor, dataset, args.text_prompt_mode, breakdown=args.breakdown
+        raise CliError(f"--num_scenes must be >= 1, got {args.num_scenes}")
+    if not 0 <= args.absent_fraction < 1:
+        raise CliError(f"--absent_fraction must lie in [0, 1), got {args.absent_fraction}")
+    load_checkpoint_config(args.model)
+    model = EsamBlipForPromptableSegmentation.from_pretrained(args.model)
+    processor = EsamBlipProcessor.from_pretrained(args.model)
+    if args.dataset == "synthetic":
+        dataset = synthetic_referring_dataset(
+            args.num_scenes, seed=args.seed, absent_fraction=args.absent_fraction, cache_dir=args.cache_dir
         )
-    except (OSError, ValueError, TypeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    else:
+        dataset = load_referring_dataset(args.dataset, split=args.dataset_split, cache_dir=args.cache_dir)
+    results = evaluate_referring_segmentation(
+        model, processor, dataset, args.text_prompt_mode, breakdown=args.breakdown
+    )
     print(f"{args.model} on {args.dataset} ({len(dataset)} expressions, text_prompt_mode={args.text_prompt_mode}):")
     for name, value in results.items():
         print(f"  {name:<26} {value:.4f}" if isinstance(value, float) else f"  {name:<26} {value}")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    return 0
 
 
-__all__ = ["DEFAULT_TEST_SEED", "evaluate_referring_segmentation", "predict_referring", "synthetic_breakdown"]
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the evaluation command with `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    return run_command(build_parser(), run, argv)
+
+
+__all__ = [
+    "DEFAULT_TEST_SEED",
+    "SUMMARY",
+    "add_arguments",
+    "build_parser",
+    "evaluate_referring_segmentation",
+    "main",
+    "predict_referring",
+    "run",
+    "synthetic_breakdown",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

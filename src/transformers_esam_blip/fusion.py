@@ -1,13 +1,31 @@
-"""Fusion of BLIP ViT features into the EfficientSAM image embeddings: concat, cross-attention, adapter, multilevel."""
+"""
+Fusion of BLIP ViT features into EfficientSAM: a registry of fusion classes keyed by `config.fusion_type`.
+
+Every fusion has one interface, `fusion(sam_features, blip_image_embeds) -> sam_features`, and declares where it acts
+(`location`):
+- `"decoder"`: on the EfficientSAM image embeddings `[B, C, g, g]` on their way to the mask decoder, so cached
+  `image_embeddings` stay valid (`concat`, `cross_attention`, `adapter`);
+- `"encoder"`: on the EfficientSAM ViT hidden states `[B, g*g, W]` after block `config.fusion_layer` (`multilevel`),
+  which needs `pixel_values`.
+
+A new fusion is one class here (or in the user's own file) decorated with `@register_fusion("name")`; the modeling
+code reads only `location` and calls the module.
+"""
 
 import math
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.activations import ACT2FN
 
-from .configuration_esam_blip import FUSION_TYPES, EsamBlipConfig
+if TYPE_CHECKING:
+    from .configuration_esam_blip import EsamBlipConfig
+
+FUSION_LOCATIONS = ("encoder", "decoder")
+FUSIONS: dict[str, type["EsamBlipFusion"]] = {}
+NO_FUSION = "none"
 
 
 def _blip_grid_side(blip_tokens: Tensor) -> int:
@@ -53,14 +71,47 @@ class EsamBlipZeroInitConv2d(nn.Conv2d):
 ZERO_INIT_LAYERS = (EsamBlipZeroInitLinear, EsamBlipZeroInitConv2d)
 
 
+def register_fusion(name: str):
+    """Class decorator: make a [`EsamBlipFusion`] subclass available as `config.fusion_type=name`."""
+
+    def register(cls: type["EsamBlipFusion"]) -> type["EsamBlipFusion"]:
+        if name == NO_FUSION or name in FUSIONS:
+            raise ValueError(f"A fusion named {name!r} is already registered.")
+        if cls.location not in FUSION_LOCATIONS:
+            raise ValueError(f"`{cls.__name__}.location` must be one of {FUSION_LOCATIONS}, got {cls.location!r}.")
+        FUSIONS[name] = cls
+        return cls
+
+    return register
+
+
+def fusion_type_choices() -> tuple[str, ...]:
+    """The values `config.fusion_type` accepts: `"none"` and every registered fusion."""
+    return (NO_FUSION, *FUSIONS)
+
+
 class EsamBlipFusion(nn.Module):
     """
     Base of the fusion modules. Each adds residual branches to the EfficientSAM features, ended by zero-initialised
     layers (`ZERO_INIT_LAYERS`), so a freshly added fusion is exactly the identity and training starts from the
     pretrained behaviour.
+
+    Subclasses set `location` and implement `from_config` and `forward(sam_features, blip_image_embeds)`;
+    `check_config` may reject settings the fusion cannot use.
     """
 
+    location: ClassVar[str] = "decoder"
 
+    @classmethod
+    def from_config(cls, config: "EsamBlipConfig") -> "EsamBlipFusion":
+        raise NotImplementedError
+
+    @classmethod
+    def check_config(cls, config: "EsamBlipConfig") -> None:
+        """Raise a `ValueError` naming the setting when `config` cannot build this fusion."""
+
+
+@register_fusion("concat")
 class EsamBlipConcatFusion(EsamBlipFusion):
     """
     `out = sam + conv_out(act(norm(conv_in(concat(sam, resize(blip))))))`: BLIP patch grid resized to the SAM grid,
@@ -74,6 +125,10 @@ class EsamBlipConcatFusion(EsamBlipFusion):
         self.act = ACT2FN[hidden_act]
         self.conv_out = EsamBlipZeroInitConv2d(hidden_size, channels, kernel_size=3, padding=1)
 
+    @classmethod
+    def from_config(cls, config: "EsamBlipConfig") -> "EsamBlipConcatFusion":
+        return cls(config.sam_vision_config.output_channels, config.vision_config.hidden_size, config.fusion_hidden_size)
+
     def forward(self, image_embeddings: Tensor, blip_image_embeds: Tensor) -> Tensor:
         """`image_embeddings [B, C, g_s, g_s]`, `blip_image_embeds [B, 1 + g_b², D]` → fused `[B, C, g_s, g_s]`."""
         blip_grid = blip_tokens_to_grid(blip_image_embeds, image_embeddings.shape[-1]).to(image_embeddings.dtype)
@@ -81,6 +136,7 @@ class EsamBlipConcatFusion(EsamBlipFusion):
         return image_embeddings + self.conv_out(self.act(self.norm(hidden)))
 
 
+@register_fusion("cross_attention")
 class EsamBlipCrossAttentionFusion(EsamBlipFusion):
     """
     `out = sam + out_proj(attention(q = LN(sam tokens), k = v = LN(blip tokens)))`: every SAM grid cell attends to
@@ -98,6 +154,23 @@ class EsamBlipCrossAttentionFusion(EsamBlipFusion):
         self.k_proj = nn.Linear(blip_hidden_size, hidden_size)
         self.v_proj = nn.Linear(blip_hidden_size, hidden_size)
         self.out_proj = EsamBlipZeroInitLinear(hidden_size, channels)
+
+    @classmethod
+    def from_config(cls, config: "EsamBlipConfig") -> "EsamBlipCrossAttentionFusion":
+        return cls(
+            config.sam_vision_config.output_channels,
+            config.vision_config.hidden_size,
+            config.fusion_hidden_size,
+            config.fusion_num_attention_heads,
+        )
+
+    @classmethod
+    def check_config(cls, config: "EsamBlipConfig") -> None:
+        if config.fusion_hidden_size % config.fusion_num_attention_heads:
+            raise ValueError(
+                f"`fusion_num_attention_heads` ({config.fusion_num_attention_heads}) must divide `fusion_hidden_size` "
+                f"({config.fusion_hidden_size})."
+            )
 
     def _split_heads(self, hidden_states: Tensor) -> Tensor:
         batch_size, seq_len, width = hidden_states.shape
@@ -129,6 +202,7 @@ class EsamBlipAdapter(nn.Module):
         return self.up(self.act(self.down(hidden_states)))
 
 
+@register_fusion("adapter")
 class EsamBlipAdapterFusion(EsamBlipFusion):
     """
     `out = sam + sam_adapter(sam) + resize(blip_adapter(blip patches))`: a light bottleneck adapter on each stream
@@ -140,6 +214,10 @@ class EsamBlipAdapterFusion(EsamBlipFusion):
         self.sam_adapter = EsamBlipAdapter(channels, hidden_size, channels, hidden_act)
         self.blip_adapter = EsamBlipAdapter(blip_hidden_size, hidden_size, channels, hidden_act)
 
+    @classmethod
+    def from_config(cls, config: "EsamBlipConfig") -> "EsamBlipAdapterFusion":
+        return cls(config.sam_vision_config.output_channels, config.vision_config.hidden_size, config.fusion_hidden_size)
+
     def forward(self, image_embeddings: Tensor, blip_image_embeds: Tensor) -> Tensor:
         """`image_embeddings [B, C, g_s, g_s]`, `blip_image_embeds [B, 1 + g_b², D]` → fused `[B, C, g_s, g_s]`."""
         sam_update = self.sam_adapter(image_embeddings.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -150,23 +228,30 @@ class EsamBlipAdapterFusion(EsamBlipFusion):
         return image_embeddings + sam_update + blip_update
 
 
+@register_fusion("multilevel")
 class EsamBlipMultilevelFusion(EsamBlipFusion):
     """
     Two streams fused by addition inside the EfficientSAM ViT (after DIFNet): the BLIP patch tokens, layer-normed and
-    projected to the ViT width, resized to the ViT grid, are added to the hidden states after block `fusion_layer`
-    (`EfficientSamVisionEncoder.forward(..., fused_features=..., fusion_layer=...)`). The blocks after it and the neck
-    see both streams. This module only makes the additive term; it needs `pixel_values`, not cached embeddings.
+    projected to the ViT width, resized to the ViT grid, are added to the hidden states after block `fusion_layer`.
+    The blocks after it and the neck see both streams, so it needs `pixel_values`, not cached embeddings.
     """
+
+    location = "encoder"
 
     def __init__(self, vit_hidden_size: int, blip_hidden_size: int) -> None:
         super().__init__()
         self.layer_norm = nn.LayerNorm(blip_hidden_size)
         self.proj = EsamBlipZeroInitLinear(blip_hidden_size, vit_hidden_size)
 
-    def forward(self, blip_image_embeds: Tensor, grid_size: int) -> Tensor:
-        """`blip_image_embeds [B, 1 + g_b², D]` → additive ViT tokens `[B, g_s * g_s, W]` (row-major grid)."""
+    @classmethod
+    def from_config(cls, config: "EsamBlipConfig") -> "EsamBlipMultilevelFusion":
+        return cls(config.sam_vision_config.hidden_size, config.vision_config.hidden_size)
+
+    def forward(self, hidden_states: Tensor, blip_image_embeds: Tensor) -> Tensor:
+        """ViT `hidden_states [B, g_s * g_s, W]` (row-major grid), `blip_image_embeds [B, 1 + g_b², D]` → fused."""
         projected = self.proj(self.layer_norm(blip_image_embeds))
-        return blip_tokens_to_grid(projected, grid_size).flatten(2).transpose(1, 2)
+        grid_size = math.isqrt(hidden_states.shape[1])
+        return hidden_states + blip_tokens_to_grid(projected, grid_size).flatten(2).transpose(1, 2)
 
 
 class EsamBlipItmFusion(nn.Module):
@@ -208,34 +293,32 @@ class EsamBlipItmFusion(nn.Module):
         return torch.cat([blip_image_embeds[:, :1], patches], dim=1)
 
 
-def build_itm_fusion(config: EsamBlipConfig) -> EsamBlipItmFusion | None:
+def build_itm_fusion(config: "EsamBlipConfig") -> EsamBlipItmFusion | None:
     """The module of `config.itm_fusion`, or `None` (no parameters, no keys)."""
     if not config.itm_fusion:
         return None
     return EsamBlipItmFusion(config.sam_vision_config.output_channels, config.vision_config.hidden_size)
 
 
-def build_fusion(config: EsamBlipConfig) -> EsamBlipFusion | None:
-    """The fusion module `config.fusion_type` asks for, or `None` for `"none"` (no parameters, no keys)."""
-    fusion_type = config.fusion_type
-    if fusion_type == "none":
+def fusion_class(fusion_type: str) -> type[EsamBlipFusion] | None:
+    """The registered class of `fusion_type`, `None` for `"none"`; a `ValueError` listing the choices otherwise."""
+    if fusion_type == NO_FUSION:
         return None
-    channels = config.sam_vision_config.output_channels
-    blip_width = config.vision_config.hidden_size
-    if fusion_type == "concat":
-        return EsamBlipConcatFusion(channels, blip_width, config.fusion_hidden_size)
-    if fusion_type == "cross_attention":
-        return EsamBlipCrossAttentionFusion(
-            channels, blip_width, config.fusion_hidden_size, config.fusion_num_attention_heads
-        )
-    if fusion_type == "adapter":
-        return EsamBlipAdapterFusion(channels, blip_width, config.fusion_hidden_size)
-    if fusion_type == "multilevel":
-        return EsamBlipMultilevelFusion(config.sam_vision_config.hidden_size, blip_width)
-    raise ValueError(f"`fusion_type` must be one of {FUSION_TYPES}, got {fusion_type!r}.")
+    if fusion_type not in FUSIONS:
+        raise ValueError(f"`fusion_type` must be one of {fusion_type_choices()}, got {fusion_type!r}.")
+    return FUSIONS[fusion_type]
+
+
+def build_fusion(config: "EsamBlipConfig") -> EsamBlipFusion | None:
+    """The fusion module `config.fusion_type` asks for, or `None` for `"none"` (no parameters, no keys)."""
+    cls = fusion_class(config.fusion_type)
+    return None if cls is None else cls.from_config(config)
 
 
 __all__ = [
+    "FUSIONS",
+    "FUSION_LOCATIONS",
+    "NO_FUSION",
     "ZERO_INIT_LAYERS",
     "EsamBlipAdapter",
     "EsamBlipAdapterFusion",
@@ -249,4 +332,7 @@ __all__ = [
     "blip_tokens_to_grid",
     "build_fusion",
     "build_itm_fusion",
+    "fusion_class",
+    "fusion_type_choices",
+    "register_fusion",
 ]

@@ -1,5 +1,6 @@
 """Image processor for EsamBlip: EfficientSAM and BLIP pixels, point/box prompts, mask post-processing, AMG hooks."""
 
+import math
 import numbers
 import warnings
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from transformers.image_utils import (
     OPENAI_CLIP_STD,
     ChannelDimension,
 )
+from transformers.processing_utils import Unpack
 from transformers.utils import TensorType
 
 from .builtin import BuiltinNamesMixin
@@ -27,6 +29,7 @@ from .mask_generation_utils import (
     deduplicate_masks,
     filter_crop_masks,
 )
+from .prompts import PADDING_COORDINATE, VALID_LABELS, PromptLabel, rescale_coordinates
 
 ImageLike = PIL.Image.Image | np.ndarray | torch.Tensor
 SizeLike = torch.Tensor | np.ndarray | Sequence[Sequence[int]]
@@ -51,10 +54,10 @@ def _sizes_per_entry(original_sizes: SizeLike, num_entries: int, what: str) -> l
         )
     return [(int(height), int(width)) for height, width in sizes]
 
+
 # PIL raises DecompressionBombError above twice its MAX_IMAGE_PIXELS; the same bound keeps a bad array from
 # allocating tens of GB in the resize.
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
-VALID_POINT_LABELS = (-1, 0, 1, 2, 3)
 # Modes whose conversion to 8-bit RGB would clip or rescale values silently.
 _UNSUPPORTED_PIL_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
@@ -63,17 +66,39 @@ _LABELS_LAYOUT = "images -> queries -> point labels, i.e. [B, Q, P]"
 _BOXES_LAYOUT = "images -> queries -> [x1, y1, x2, y2], i.e. [B, Q, 4]"
 
 
-class EsamBlipImageProcessorKwargs(TypedDict, total=False):
+class _PixelSettings(TypedDict, total=False):
+    """The pixel settings an image processor stores and every `preprocess` call may override."""
+
+    do_resize: bool | None
+    do_rescale: bool | None
+    rescale_factor: float | int | None
+    do_normalize: bool | None
+    image_mean: Sequence[float | int] | None
+    image_std: Sequence[float | int] | None
+    blip_image_mean: Sequence[float | int] | None
+    blip_image_std: Sequence[float | int] | None
+
+
+class EsamBlipImagesKwargs(_PixelSettings, total=False):
+    """
+    Per-call keyword arguments of [`EsamBlipImageProcessor.preprocess`] (the processor's `images_kwargs`): the pixel
+    settings (`None` keeps the stored value) and the channel axis of the input.
+    """
+
+    input_data_format: str | ChannelDimension | None
+
+
+class EsamBlipImageProcessorKwargs(_PixelSettings, total=False):
     """Settings of [`EsamBlipImageProcessor`]; `from_pretrained(..., **kwargs)` overrides the saved ones with these."""
 
     sam_image_size: int | None
-    image_mean: Sequence[float]
-    image_std: Sequence[float]
     blip_image_size: int | None
-    blip_image_mean: Sequence[float]
-    blip_image_std: Sequence[float]
     max_num_points: int
     max_image_pixels: int | None
+
+
+_FLAGS = ("do_resize", "do_rescale", "do_normalize")
+_CHANNEL_STATS = ("image_mean", "image_std", "blip_image_mean", "blip_image_std")
 
 
 def _is_number(value: Any) -> bool:
@@ -100,9 +125,7 @@ def _nested_numbers(
         )
     for item in value:
         if not _is_number(item):
-            raise TypeError(
-                f"`{name}{path}` must hold numbers, got {type(item).__name__}. Expected nesting: {layout}."
-            )
+            raise TypeError(f"`{name}{path}` must hold numbers, got {type(item).__name__}. Expected nesting: {layout}.")
     return [float(item) for item in value]
 
 
@@ -123,11 +146,48 @@ def _per_image(value: Any, name: str, num_images: int, ndim: int, layout: str) -
     return value
 
 
-def _rescale_coordinates(coords: torch.Tensor, original_size: tuple[int, int], target_size: int) -> torch.Tensor:
-    """Map `(..., 2)` float32 `(x, y)` from original-image pixels to the square SAM frame, per axis."""
-    height, width = original_size
-    # Same float32 operation order as EfficientSAM's `get_rescaled_pts`, so the coordinates match it bit for bit.
-    return torch.stack([coords[..., 0] * target_size / width, coords[..., 1] * target_size / height], dim=-1)
+def _channel_stats(values: Any, name: str, positive: bool = False) -> tuple[float, float, float]:
+    if isinstance(values, (torch.Tensor, np.ndarray)):
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)) or not all(_is_number(v) for v in values):
+        raise TypeError(f"`{name}` must be a sequence of 3 numbers (RGB), got {values!r}.")
+    values = tuple(float(v) for v in values)
+    if len(values) != 3 or (positive and min(values) <= 0):
+        raise ValueError(f"`{name}` must hold 3 {'positive ' if positive else ''}values (RGB), got {values}.")
+    return values
+
+
+def _check_pixel_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Validated pixel settings (`_PixelSettings`): `TypeError` for a wrong type, `ValueError` for a wrong value."""
+    checked = {}
+    for name, value in settings.items():
+        if name in _FLAGS:
+            if not isinstance(value, bool):
+                raise TypeError(f"`{name}` must be a bool, got {type(value).__name__} ({value!r}).")
+        elif name == "rescale_factor":
+            if not _is_number(value):
+                raise TypeError(f"`rescale_factor` must be a number, got {type(value).__name__} ({value!r}).")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"`rescale_factor` must be a positive finite number, got {value!r}.")
+            value = float(value)
+        else:
+            value = _channel_stats(value, name, positive=name.endswith("_std"))
+        checked[name] = value
+    return checked
+
+
+def _rescale(pixels: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:
+    """8-bit pixels (as float32) times `rescale_factor` when `do_rescale` is set."""
+    if not settings["do_rescale"]:
+        return pixels
+    # Dividing by the reciprocal keeps the default 1/255 bit-identical to EfficientSAM's and ToTensor's `/ 255`.
+    return pixels / (1 / settings["rescale_factor"])
+
+
+def _normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (pixels - mean) / std
 
 
 class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
@@ -140,8 +200,12 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
     is dropped, not composited), numpy arrays (HWC by default, CHW recognised), torch tensors (CHW by default, HWC
     recognised; `input_data_format` settles ambiguous shapes), 2-D arrays (gray), and 4-D arrays/tensors (a batch).
     Gray images are replicated to 3 channels, a 4th (alpha) channel is dropped. Integer pixels must lie in
-    [0, 255]; float pixels are taken as already in [0, 1] (for the BLIP input they are rounded to 8 bits first, as
-    LAVIS resizes 8-bit PIL images).
+    [0, 255]; float pixels are taken as already rescaled, in [0, 1] (for the BLIP resize they are rounded to 8 bits
+    first, as LAVIS resizes 8-bit PIL images).
+
+    The steps follow the `transformers` flags, each stored here and overridable per call of [`preprocess`]:
+    rescale (8-bit pixels times `rescale_factor`), resize (bilinear for EfficientSAM, PIL bicubic for BLIP), normalise
+    (with the mean and std of each input). The defaults reproduce the originals exactly.
 
     Args:
         sam_image_size (`int` or `None`, defaults to 1024): side `S` of the square EfficientSAM input; `None` for a
@@ -156,9 +220,23 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
             queries are truncated with a warning.
         max_image_pixels (`int` or `None`, defaults to 178956970): largest accepted `height * width` (PIL's
             decompression-bomb bound); `None` disables the check.
+        do_resize (`bool`, defaults to `True`): resize to the square inputs; with `False`, images must already have
+            the input size (`sam_image_size` and/or `blip_image_size`).
+        do_rescale (`bool`, defaults to `True`): multiply 8-bit pixels by `rescale_factor`; float images are taken as
+            already rescaled.
+        rescale_factor (`float`, defaults to 1/255): the factor of `do_rescale`.
+        do_normalize (`bool`, defaults to `True`): subtract the mean and divide by the std of each input.
     """
 
-    model_input_names = ["pixel_values", "blip_pixel_values"]
+    model_input_names = [
+        "pixel_values",
+        "blip_pixel_values",
+        "original_sizes",
+        "reshaped_input_sizes",
+        "input_points",
+        "input_labels",
+        "input_boxes",
+    ]
     valid_kwargs = EsamBlipImageProcessorKwargs
 
     def __init__(
@@ -171,6 +249,10 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         blip_image_std: Sequence[float] = OPENAI_CLIP_STD,
         max_num_points: int = 6,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        do_resize: bool = True,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
         **kwargs,
     ) -> None:
         if "size" in kwargs:
@@ -186,20 +268,34 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         if max_image_pixels is not None and (not isinstance(max_image_pixels, int) or max_image_pixels < 1):
             raise ValueError(f"`max_image_pixels` must be a positive int or None, got {max_image_pixels!r}.")
         self.sam_image_size = sam_image_size
-        self.image_mean = self._channel_stats(image_mean, "image_mean")
-        self.image_std = self._channel_stats(image_std, "image_std", positive=True)
         self.blip_image_size = blip_image_size
-        self.blip_image_mean = self._channel_stats(blip_image_mean, "blip_image_mean")
-        self.blip_image_std = self._channel_stats(blip_image_std, "blip_image_std", positive=True)
         self.max_num_points = max_num_points
         self.max_image_pixels = max_image_pixels
+        settings = _check_pixel_settings(
+            {
+                "do_resize": do_resize,
+                "do_rescale": do_rescale,
+                "rescale_factor": rescale_factor,
+                "do_normalize": do_normalize,
+                "image_mean": image_mean,
+                "image_std": image_std,
+                "blip_image_mean": blip_image_mean,
+                "blip_image_std": blip_image_std,
+            }
+        )
+        for name, value in settings.items():
+            setattr(self, name, value)
 
-    @staticmethod
-    def _channel_stats(values: Sequence[float], name: str, positive: bool = False) -> tuple[float, float, float]:
-        values = tuple(float(v) for v in values)
-        if len(values) != 3 or (positive and min(values) <= 0):
-            raise ValueError(f"`{name}` must hold 3 {'positive ' if positive else ''}values (RGB), got {values}.")
-        return values
+    def _call_settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The stored pixel settings with a call's overrides (`None` keeps the stored value), validated."""
+        unknown = sorted(set(overrides) - set(_PixelSettings.__annotations__))
+        if unknown:
+            raise TypeError(
+                f"`preprocess` got unexpected keyword arguments {unknown}; besides the prompts, `return_tensors` and "
+                f"`input_data_format`, it takes {sorted(_PixelSettings.__annotations__)}."
+            )
+        stored = {name: getattr(self, name) for name in _PixelSettings.__annotations__}
+        return {**stored, **_check_pixel_settings({k: v for k, v in overrides.items() if v is not None})}
 
     @property
     def size(self) -> dict[str, int]:
@@ -214,9 +310,7 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
 
     def _require_sam(self, what: str) -> int:
         if self.sam_image_size is None:
-            raise ValueError(
-                f"{what} need the EfficientSAM frame, but this image processor has `sam_image_size=None`."
-            )
+            raise ValueError(f"{what} need the EfficientSAM frame, but this image processor has `sam_image_size=None`.")
         return self.sam_image_size
 
     # ------------------------------------------------------------------ images
@@ -318,28 +412,41 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
             return list(images)
         return [images]
 
-    def _sam_pixels(self, image: torch.Tensor) -> torch.Tensor:
+    def _check_input_size(self, image: torch.Tensor, name: str) -> None:
+        """With `do_resize=False`, every configured input size must be the image's own."""
+        height, width = image.shape[-2:]
+        for what, size in (("sam_image_size", self.sam_image_size), ("blip_image_size", self.blip_image_size)):
+            if size is not None and (height, width) != (size, size):
+                raise ValueError(
+                    f"`{name}` is {height}x{width}, but with `do_resize=False` images must already be {size}x{size} "
+                    f"(`{what}`); resize them, or keep `do_resize=True`."
+                )
+
+    def _sam_pixels(self, image: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:
         """EfficientSAM `preprocess`: [0, 1] floats, bilinear resize to S x S (no antialias), then normalise."""
         size = self.sam_image_size
-        pixels = image.float() / 255 if image.dtype == torch.uint8 else image
-        pixels = F.interpolate(pixels[None], size=(size, size), mode="bilinear", align_corners=False)[0]
-        mean = torch.tensor(self.image_mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.image_std, dtype=torch.float32).view(3, 1, 1)
-        return (pixels - mean) / std
+        pixels = _rescale(image.float(), settings) if image.dtype == torch.uint8 else image
+        if settings["do_resize"]:
+            pixels = F.interpolate(pixels[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+        if settings["do_normalize"]:
+            pixels = _normalize(pixels, settings["image_mean"], settings["image_std"])
+        return pixels
 
-    def _blip_pixels(self, image: torch.Tensor) -> torch.Tensor:
+    def _blip_pixels(self, image: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:
         """LAVIS `BlipImageEvalProcessor`: PIL bicubic resize of the 8-bit RGB image, ToTensor, normalise."""
         size = self.blip_image_size
-        if image.dtype != torch.uint8:
-            # LAVIS resizes 8-bit PIL images; rounding makes this lossless for floats that came from uint8 / 255.
-            image = (image * 255).round().to(torch.uint8)
-        resized = PIL.Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).resize(
-            (size, size), resample=PIL.Image.Resampling.BICUBIC
-        )
-        pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float() / 255
-        mean = torch.tensor(self.blip_image_mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.blip_image_std, dtype=torch.float32).view(3, 1, 1)
-        return (pixels - mean) / std
+        if settings["do_resize"]:
+            if image.dtype != torch.uint8:
+                # LAVIS resizes 8-bit PIL images; rounding makes this lossless for floats that came from uint8 / 255.
+                image = (image * 255).round().to(torch.uint8)
+            resized = PIL.Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).resize(
+                (size, size), resample=PIL.Image.Resampling.BICUBIC
+            )
+            image = torch.from_numpy(np.array(resized)).permute(2, 0, 1)
+        pixels = _rescale(image.float(), settings) if image.dtype == torch.uint8 else image
+        if settings["do_normalize"]:
+            pixels = _normalize(pixels, settings["blip_image_mean"], settings["blip_image_std"])
+        return pixels
 
     def preprocess(
         self,
@@ -349,6 +456,7 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         input_boxes: Any = None,
         return_tensors: str | TensorType | None = "pt",
         input_data_format: str | ChannelDimension | None = None,
+        **kwargs: Unpack[_PixelSettings],
     ) -> BatchFeature:
         """
         Preprocess a batch of `B` images and their optional prompts.
@@ -359,6 +467,9 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
             return_tensors (`str` or [`~utils.TensorType`], defaults to `"pt"`): `"pt"` or `"np"` (`None` keeps torch).
             input_data_format (`str` or [`~image_utils.ChannelDimension`], *optional*): channel axis of 3-D arrays,
                 `"channels_first"` or `"channels_last"`; inferred when omitted.
+            kwargs: per-call overrides of the stored `do_resize`, `do_rescale`, `rescale_factor`, `do_normalize`,
+                `image_mean`, `image_std`, `blip_image_mean` and `blip_image_std` (`None` keeps the stored value).
+                A wrongly typed value raises a `TypeError` naming it, and so does any other keyword.
 
         Returns:
             [`BatchFeature`] with
@@ -368,20 +479,24 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
             - `reshaped_input_sizes` `[B, 2]` int64, every row `(S, S)` (only with `sam_image_size`),
             - the outputs of [`preprocess_prompts`] when prompts are given.
         """
+        settings = self._call_settings(kwargs)
         if return_tensors not in (None, "pt", "np", TensorType.PYTORCH, TensorType.NUMPY):
             raise ValueError(f"`return_tensors` must be 'pt', 'np' or None, got {return_tensors!r}.")
         image_list = self._as_image_list(images)
+        names = [f"images[{i}]" if len(image_list) > 1 else "images" for i in range(len(image_list))]
         rgb = [
-            self._to_rgb_tensor(image, f"images[{i}]" if len(image_list) > 1 else "images", input_data_format)
-            for i, image in enumerate(image_list)
+            self._to_rgb_tensor(image, name, input_data_format) for image, name in zip(image_list, names, strict=True)
         ]
+        if not settings["do_resize"]:
+            for image, name in zip(rgb, names, strict=True):
+                self._check_input_size(image, name)
         original_sizes = [tuple(image.shape[-2:]) for image in rgb]
         data: dict[str, torch.Tensor] = {"original_sizes": torch.tensor(original_sizes, dtype=torch.int64)}
         if self.sam_image_size is not None:
-            data["pixel_values"] = torch.stack([self._sam_pixels(image) for image in rgb])
+            data["pixel_values"] = torch.stack([self._sam_pixels(image, settings) for image in rgb])
             data["reshaped_input_sizes"] = torch.tensor([list(self.size.values())] * len(rgb), dtype=torch.int64)
         if self.blip_image_size is not None:
-            data["blip_pixel_values"] = torch.stack([self._blip_pixels(image) for image in rgb])
+            data["blip_pixel_values"] = torch.stack([self._blip_pixels(image, settings) for image in rgb])
         data.update(self.preprocess_prompts(original_sizes, input_points, input_labels, input_boxes))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
@@ -455,11 +570,11 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
                 points, labels, sizes, num_queries, target_size
             )
         if input_boxes is not None:
-            padded = torch.full((len(sizes), num_queries, 4), -1.0)
+            padded = torch.full((len(sizes), num_queries, 4), PADDING_COORDINATE)
             for b, (image_boxes, size) in enumerate(zip(boxes, sizes, strict=True)):
                 if image_boxes:
                     corners = torch.tensor(image_boxes, dtype=torch.float32).view(-1, 2, 2)
-                    padded[b, : len(image_boxes)] = _rescale_coordinates(corners, size, target_size).view(-1, 4)
+                    padded[b, : len(image_boxes)] = rescale_coordinates(corners, size, target_size).view(-1, 4)
             outputs["input_boxes"] = padded
         return outputs
 
@@ -473,7 +588,7 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
             for b, image_points in enumerate(_per_image(input_points, "input_points", len(sizes), 4, _POINTS_LAYOUT))
         ]
         if input_labels is None:
-            labels = [[[1] * len(query) for query in image_points] for image_points in points]
+            labels = [[[int(PromptLabel.FOREGROUND)] * len(query) for query in image_points] for image_points in points]
         else:
             labels = [
                 _nested_numbers(image_labels, "input_labels", ("queries", "labels"), _LABELS_LAYOUT, None, f"[{b}]")
@@ -498,12 +613,12 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
                 if not query_points:
                     raise ValueError(f"`input_points{where}` is an empty query; give at least one point.")
                 for p, ((x, y), label) in enumerate(zip(query_points, query_labels, strict=True)):
-                    if label not in VALID_POINT_LABELS:
+                    if label not in VALID_LABELS:
                         raise ValueError(
-                            f"`input_labels{where}[{p}]` is {label:g}; labels must be one of {VALID_POINT_LABELS} "
+                            f"`input_labels{where}[{p}]` is {label:g}; labels must be one of {VALID_LABELS} "
                             "(1 foreground, 0 background, 2/3 box corners, -1 padding)."
                         )
-                    if label != -1 and not (0 <= x <= width and 0 <= y <= height):
+                    if label != PromptLabel.PADDING and not (0 <= x <= width and 0 <= y <= height):
                         raise ValueError(
                             f"`input_points{where}[{p}]` = ({x:g}, {y:g}) lies outside image {b} (width {width}, "
                             f"height {height}); points are (x, y) in original-image pixels with 0 <= x <= {width} "
@@ -511,7 +626,9 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
                         )
                 # Padding points carry nothing; dropping them here lets the batch be re-padded to its own size.
                 real = [
-                    (point, int(label)) for point, label in zip(query_points, query_labels, strict=True) if label != -1
+                    (point, int(label))
+                    for point, label in zip(query_points, query_labels, strict=True)
+                    if label != PromptLabel.PADDING
                 ]
                 if len(real) > max_points:
                     truncated.append(f"{where} ({len(real)} points)")
@@ -538,13 +655,13 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # A query given only as padding keeps one padding point.
         num_points = max(1, *(len(query) for image_points in points for query in image_points))
-        padded_points = torch.full((len(sizes), num_queries, num_points, 2), -1.0)
-        padded_labels = torch.full((len(sizes), num_queries, num_points), -1, dtype=torch.int64)
+        padded_points = torch.full((len(sizes), num_queries, num_points, 2), PADDING_COORDINATE)
+        padded_labels = torch.full((len(sizes), num_queries, num_points), int(PromptLabel.PADDING), dtype=torch.int64)
         for b, (image_points, image_labels, size) in enumerate(zip(points, labels, sizes, strict=True)):
             for q, (query_points, query_labels) in enumerate(zip(image_points, image_labels, strict=True)):
                 if query_points:
                     coords = torch.tensor(query_points, dtype=torch.float32)
-                    padded_points[b, q, : len(query_points)] = _rescale_coordinates(coords, size, target_size)
+                    padded_points[b, q, : len(query_points)] = rescale_coordinates(coords, size, target_size)
                     padded_labels[b, q, : len(query_points)] = torch.tensor(query_labels, dtype=torch.int64)
         return padded_points, padded_labels
 
@@ -596,6 +713,15 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         """
         if kwargs:
             raise ValueError(f"`post_process_masks` does not support {sorted(kwargs)} for EfficientSAM masks.")
+        if not isinstance(masks, (torch.Tensor, np.ndarray, list, tuple)):
+            raise TypeError(
+                f"`masks` must be a torch tensor, a numpy array or a list of them, got {type(masks).__name__}."
+            )
+        for i, image_masks in enumerate(masks):
+            if not isinstance(image_masks, (torch.Tensor, np.ndarray)):
+                raise TypeError(
+                    f"`masks[{i}]` must be a torch tensor or a numpy array of logits, got {type(image_masks).__name__}."
+                )
         original_sizes = _sizes_per_entry(original_sizes, len(masks), "masks")
         outputs = []
         for image_masks, (height, width) in zip(masks, original_sizes, strict=True):
@@ -639,7 +765,7 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
             if entry.ndim < 1 or entry.shape[-1] != 2:
                 raise ValueError(f"Each entry of `points` must have shape [..., 2] (x, y), got {tuple(entry.shape)}.")
             scale = entry.new_tensor([int(width), int(height)]) / self.sam_image_size
-            padding = (entry == -1).all(dim=-1, keepdim=True)
+            padding = (entry == PADDING_COORDINATE).all(dim=-1, keepdim=True)
             outputs.append(torch.where(padding, entry, entry * scale))
         return outputs
 
@@ -701,9 +827,9 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
             cropped_images.append(pixels[:, top:bottom, left:right])
             grid = grids[layer][torch.arange(num_points) % len(grids[layer])]
             in_crop_pixels = grid * torch.tensor([crop_size[1], crop_size[0]], dtype=torch.float32)
-            crop_points.append(_rescale_coordinates(in_crop_pixels, crop_size, target_size))
+            crop_points.append(rescale_coordinates(in_crop_pixels, crop_size, target_size))
         points = torch.stack(crop_points, dim=1)[None]
-        input_labels = torch.ones(points.shape[:-1], dtype=torch.int64)
+        input_labels = torch.full(points.shape[:-1], int(PromptLabel.FOREGROUND), dtype=torch.int64)
         device = torch.device("cpu") if device is None else device
         return (
             torch.tensor(boxes, dtype=torch.float32, device=device),

@@ -1,13 +1,15 @@
 """BLIP half of EsamBlip: ViT, BERT text encoder with cross-attention, ITM and ITC heads, and Grad-CAM (LAVIS semantics)."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import BlipTextModel, BlipVisionModel
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    BaseModelOutputWithPoolingAndCrossAttentions,
+)
 from transformers.utils import ModelOutput
 
 from .configuration_esam_blip import EsamBlipConfig
@@ -102,6 +104,13 @@ class EsamBlipImageTextModule(nn.Module):
         self.text_proj = nn.Linear(text_width, config.image_text_hidden_size)
         self.itm_head = nn.Linear(text_width, 2)
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The text encoder's word embeddings (what `resize_token_embeddings` resizes for [DEC]/[ENC])."""
+        return self.text_encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text_encoder.set_input_embeddings(value)
+
     @property
     def grid_size(self) -> int:
         """Side `g` of the ViT patch grid (`image_size // patch_size`)."""
@@ -113,6 +122,124 @@ class EsamBlipImageTextModule(nn.Module):
         """Image tokens the text cross-attends to: one [CLS] plus `grid_size**2` patches."""
         return 1 + self.grid_size**2
 
+    def encode_image(
+        self, blip_pixel_values: Tensor, output_attentions: bool = False, output_hidden_states: bool = False
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        Run the BLIP ViT, with everything it can return.
+
+        Args:
+            blip_pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`): normalised
+                pixels.
+            output_attentions (`bool`): also return the self-attention probabilities of every layer.
+            output_hidden_states (`bool`): also return the embeddings and the output of every layer.
+
+        Returns:
+            [`BaseModelOutputWithPooling`]: `last_hidden_state` of shape `(batch_size, 1 + num_patches,
+            vision_hidden_size)` after the final layer norm (LAVIS's `forward_features`); `pooler_output` of shape
+            `(batch_size, image_text_hidden_size)`, the ITC projection `vision_proj` of its [CLS] row (not
+            normalised; ITC compares the normalised ones); `hidden_states`, `num_hidden_layers + 1` tensors like
+            `last_hidden_state` (before the final norm); `attentions`, one `(batch_size, num_heads, 1 + num_patches,
+            1 + num_patches)` per layer.
+        """
+        if not isinstance(blip_pixel_values, Tensor) or blip_pixel_values.dim() != 4:
+            raise ValueError(
+                "`blip_pixel_values` must be a tensor of shape (batch_size, 3, height, width), got "
+                f"{getattr(blip_pixel_values, 'shape', type(blip_pixel_values))}."
+            )
+        outputs = self.vision_model(
+            pixel_values=blip_pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=self.vision_proj(outputs.last_hidden_state[:, 0]),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def encode_text(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        Run the text encoder in text-only mode (no cross-attention), as LAVIS's `mode="text"`.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`): [CLS]-first token ids.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*): 1 for real tokens.
+            output_attentions (`bool`): also return the self-attention probabilities of every layer.
+            output_hidden_states (`bool`): also return the embeddings and the output of every layer.
+
+        Returns:
+            [`BaseModelOutputWithPooling`]: `last_hidden_state` of shape `(batch_size, text_length,
+            text_hidden_size)`; `pooler_output` of shape `(batch_size, image_text_hidden_size)`, the ITC projection
+            `text_proj` of the [CLS] row (not normalised); `hidden_states`, `num_hidden_layers + 1` tensors like
+            `last_hidden_state`; `attentions`, one `(batch_size, num_heads, text_length, text_length)` per layer.
+        """
+        attention_mask = self._check_text(input_ids, attention_mask)
+        outputs = self.text_encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=self._position_ids(input_ids),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=self.text_proj(outputs.last_hidden_state[:, 0]),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def encode_multimodal(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        image_embeds: Tensor,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
+        r"""
+        Text encoder with [ENC] first, cross-attending to the image (the ITM pass), with everything it can return.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`): [CLS]-first token ids; the first
+                token is replaced by `config.enc_token_id` here.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)` or `None`): 1 for real tokens.
+            image_embeds (`torch.FloatTensor` of shape `(batch_size, 1 + num_patches, vision_hidden_size)`): one image
+                per text.
+            output_attentions (`bool`): also return the self- and cross-attention probabilities of every layer.
+            output_hidden_states (`bool`): also return the embeddings and the output of every layer.
+
+        Returns:
+            [`BaseModelOutputWithPoolingAndCrossAttentions`]: `last_hidden_state` of shape `(batch_size, text_length,
+            text_hidden_size)` (the ITM head reads its row 0); `pooler_output` `None`; `hidden_states`,
+            `num_hidden_layers + 1` tensors like `last_hidden_state`; `attentions`, one `(batch_size, num_heads,
+            text_length, text_length)` per layer; `cross_attentions`, one `(batch_size, num_heads, text_length,
+            num_image_tokens)` per layer.
+        """
+        attention_mask = self._check_text(input_ids, attention_mask)
+        self._check_pairs(input_ids, image_embeds)
+        outputs = self.text_encoder(
+            input_ids=self._encoder_input_ids(input_ids),
+            attention_mask=attention_mask,
+            position_ids=self._position_ids(input_ids),
+            encoder_hidden_states=image_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        return BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=outputs.last_hidden_state,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            cross_attentions=outputs.cross_attentions,
+        )
+
     def get_image_features(self, blip_pixel_values: Tensor) -> Tensor:
         r"""
         Run the BLIP ViT.
@@ -123,14 +250,9 @@ class EsamBlipImageTextModule(nn.Module):
 
         Returns:
             `torch.FloatTensor` of shape `(batch_size, 1 + num_patches, vision_hidden_size)`: last hidden state after
-            the final layer norm (LAVIS's `forward_features`).
+            the final layer norm (LAVIS's `forward_features`). [`encode_image`] returns more.
         """
-        if not isinstance(blip_pixel_values, Tensor) or blip_pixel_values.dim() != 4:
-            raise ValueError(
-                "`blip_pixel_values` must be a tensor of shape (batch_size, 3, height, width), got "
-                f"{getattr(blip_pixel_values, 'shape', type(blip_pixel_values))}."
-            )
-        return self.vision_model(pixel_values=blip_pixel_values).last_hidden_state
+        return self.encode_image(blip_pixel_values).last_hidden_state
 
     def get_text_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         r"""
@@ -141,12 +263,9 @@ class EsamBlipImageTextModule(nn.Module):
             attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*): 1 for real tokens.
 
         Returns:
-            `torch.FloatTensor` of shape `(batch_size, text_length, text_hidden_size)`.
+            `torch.FloatTensor` of shape `(batch_size, text_length, text_hidden_size)`. [`encode_text`] returns more.
         """
-        attention_mask = self._check_text(input_ids, attention_mask)
-        return self.text_encoder(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=self._position_ids(input_ids)
-        ).last_hidden_state
+        return self.encode_text(input_ids, attention_mask).last_hidden_state
 
     def get_text_projections(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         r"""
@@ -203,16 +322,10 @@ class EsamBlipImageTextModule(nn.Module):
                 per text.
 
         Returns:
-            `torch.FloatTensor` of shape `(batch_size, text_length, text_hidden_size)`.
+            `torch.FloatTensor` of shape `(batch_size, text_length, text_hidden_size)`. [`encode_multimodal`] returns
+            more.
         """
-        attention_mask = self._check_text(input_ids, attention_mask)
-        self._check_pairs(input_ids, image_embeds)
-        return self.text_encoder(
-            input_ids=self._encoder_input_ids(input_ids),
-            attention_mask=attention_mask,
-            position_ids=self._position_ids(input_ids),
-            encoder_hidden_states=image_embeds,
-        ).last_hidden_state
+        return self.encode_multimodal(input_ids, attention_mask, image_embeds).last_hidden_state
 
     def itm_logits(self, input_ids: Tensor, attention_mask: Tensor | None, image_embeds: Tensor) -> Tensor:
         r"""
@@ -268,7 +381,6 @@ class EsamBlipImageTextModule(nn.Module):
                 f"from the config), `image_embeds` has {image_embeds.shape[1]}."
             )
         encoder_input_ids = self._encoder_input_ids(input_ids)
-        cross_attention = self.text_encoder.encoder.layer[block_num].crossattention.self
 
         # Inference tensors cannot enter an autograd graph: leave inference mode and use ordinary copies of them.
         with torch.inference_mode(False), torch.enable_grad():
@@ -282,15 +394,16 @@ class EsamBlipImageTextModule(nn.Module):
             # A leaf that requires grad puts the attention probabilities in the graph even when every parameter is
             # frozen; the embeddings themselves get no gradient since only the probabilities are asked for.
             text_embeds.requires_grad_(True)
-            with _capture_attention_probs(cross_attention) as captured:
-                hidden_states = self.text_encoder(
-                    encoder_embeds=text_embeds,
-                    attention_mask=attention_mask,
-                    encoder_hidden_states=image_embeds.detach(),
-                ).last_hidden_state
-            logits = self.itm_head(hidden_states[:, 0])
-            (attention_grads,) = torch.autograd.grad(logits[:, 1].sum(), captured[0])
-        gradcam = gradcam_from_cross_attention(captured[0].detach(), attention_grads, attention_mask, self.grid_size)
+            outputs = self.text_encoder(
+                encoder_embeds=text_embeds,
+                attention_mask=attention_mask,
+                encoder_hidden_states=image_embeds.detach(),
+                output_attentions=True,
+            )
+            attention_probs = outputs.cross_attentions[block_num]
+            logits = self.itm_head(outputs.last_hidden_state[:, 0])
+            (attention_grads,) = torch.autograd.grad(logits[:, 1].sum(), attention_probs)
+        gradcam = gradcam_from_cross_attention(attention_probs.detach(), attention_grads, attention_mask, self.grid_size)
         return gradcam, logits.detach()
 
     def _check_block_num(self, block_num: int | None) -> int:
@@ -356,17 +469,6 @@ class EsamBlipImageTextModule(nn.Module):
     def _position_ids(input_ids: Tensor) -> Tensor:
         # Explicit ids instead of the embeddings' non-persistent `position_ids` buffer, which loading can leave stale.
         return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-
-
-@contextmanager
-def _capture_attention_probs(attention: nn.Module) -> Iterator[list[Tensor]]:
-    """Record the attention probabilities (second output) of `attention` while the block runs."""
-    captured: list[Tensor] = []
-    handle = attention.register_forward_hook(lambda module, args, output: captured.append(output[1]))
-    try:
-        yield captured
-    finally:
-        handle.remove()
 
 
 __all__ = [

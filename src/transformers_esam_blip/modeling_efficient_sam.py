@@ -1,29 +1,51 @@
 """EfficientSAM building blocks: plain-ViT image encoder with conv neck, point/box prompt encoder, mask decoder."""
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import logging
 
-from .prompts import PromptLabel
 from .configuration_esam_blip import (
     EfficientSamMaskDecoderConfig,
     EfficientSamPromptEncoderConfig,
     EfficientSamVisionConfig,
     EsamBlipConfig,
 )
+from .output_recording import OutputRecorder, recording_attentions
+from .prompts import PromptLabel
 
 logger = logging.get_logger(__name__)
 
-def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, implementation: str | None) -> torch.Tensor:
-    """Softmax attention over `[B, heads, N, d]` tensors, SDPA unless the config asks for the explicit path."""
-    if implementation == "eager":
-        weights = (query @ key.transpose(-2, -1)) * (query.shape[-1] ** -0.5)
-        return weights.softmax(dim=-1) @ value
-    return F.scaled_dot_product_attention(query, key, value)
+
+def eager_attention_forward(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Explicit softmax attention over `[B, heads, N, d]` tensors: `(output [B, heads, N, d], probs [B, heads, N, M])`."""
+    scores = (query @ key.transpose(-2, -1)) * (query.shape[-1] ** -0.5)
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    return probs @ value, probs
+
+
+def sdpa_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, None]:
+    """`F.scaled_dot_product_attention`, which does not expose the probabilities: `(output, None)`."""
+    return F.scaled_dot_product_attention(query, key, value), None
+
+
+EFFICIENT_SAM_ATTENTION_FUNCTIONS = {"eager": eager_attention_forward, "sdpa": sdpa_attention_forward}
+
+
+def _attention_function(config: PreTrainedConfig, output_attentions: bool) -> Callable:
+    # Recording needs the probabilities, so it takes the eager path whatever the config says, as transformers' SDPA
+    # classes used to fall back to eager for `output_attentions=True`.
+    if output_attentions:
+        return eager_attention_forward
+    return EFFICIENT_SAM_ATTENTION_FUNCTIONS.get(config._attn_implementation, sdpa_attention_forward)
 
 
 class EfficientSamLayerNorm2d(nn.Module):
@@ -51,12 +73,15 @@ class EfficientSamVisionAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`[B, N, C]` → `([B, N, C], probs [B, heads, N, N] or None)`; the probabilities with `output_attentions`."""
         batch_size, seq_len, width = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch_size, seq_len, 3, self.num_heads, width // self.num_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        attended = _attention(query, key, value, self.config._attn_implementation)
-        return self.proj(attended.transpose(1, 2).reshape(batch_size, seq_len, width))
+        attended, probs = _attention_function(self.config, output_attentions)(query, key, value)
+        return self.proj(attended.transpose(1, 2).reshape(batch_size, seq_len, width)), probs
 
 
 class EfficientSamVisionMlp(nn.Module):
@@ -70,8 +95,8 @@ class EfficientSamVisionMlp(nn.Module):
         return self.fc2(self.act(self.fc1(hidden_states)))
 
 
-class EfficientSamVisionLayer(nn.Module):
-    """Pre-norm ViT block."""
+class EfficientSamVisionLayer(GradientCheckpointingLayer):
+    """Pre-norm ViT block; checkpointed when the model's gradient checkpointing is on."""
 
     def __init__(self, config: EfficientSamVisionConfig) -> None:
         super().__init__()
@@ -80,8 +105,9 @@ class EfficientSamVisionLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = EfficientSamVisionMlp(config)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = hidden_states + self.attn(self.layer_norm1(hidden_states))
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False) -> torch.Tensor:
+        attended, _ = self.attn(self.layer_norm1(hidden_states), output_attentions=output_attentions)
+        hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.layer_norm2(hidden_states))
 
 
@@ -115,7 +141,10 @@ class EfficientSamVisionEncoder(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, pretrain_grid * pretrain_grid + 1, config.hidden_size))
         self.layers = nn.ModuleList([EfficientSamVisionLayer(config) for _ in range(config.num_hidden_layers)])
         self.neck = EfficientSamVisionNeck(config)
-        self.gradient_checkpointing = False
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding, the encoder's input layer (what `SamVisionEncoder.get_input_embeddings` returns)."""
+        return self.patch_embed
 
     def resized_position_embeddings(self, grid: int) -> torch.Tensor:
         """Position embedding resized bicubically to `grid x grid`, as `[1, grid, grid, hidden_size]`."""
@@ -128,17 +157,24 @@ class EfficientSamVisionEncoder(nn.Module):
         return table.permute(0, 2, 3, 1)
 
     def forward(
-        self, pixel_values: torch.Tensor, fused_features: torch.Tensor | None = None, fusion_layer: int = 0
+        self,
+        pixel_values: torch.Tensor,
+        fusion: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        fusion_layer: int = 0,
     ) -> torch.Tensor:
         """
         Args:
             pixel_values: `[B, 3, S, S]` normalised images.
-            fused_features: optional `[B, g*g, hidden_size]` tokens added to the hidden states after block
-                `fusion_layer` (EsamBlip's multilevel fusion); `None` runs the plain EfficientSAM encoder.
+            fusion: optional map of the hidden states `[B, g*g, hidden_size]` after block `fusion_layer` (an encoder
+                fusion of EsamBlip, bound to its BLIP features); `None` runs the plain EfficientSAM encoder.
             fusion_layer: block index in `[0, num_hidden_layers - 1]`.
 
         Returns:
             `image_embeddings [B, C_neck, g, g]`.
+
+        Under a recording forward (`output_recording.record_outputs`) hooks collect the input and the output of
+        every block, `[B, g*g, hidden_size]` (the output of block `fusion_layer` before the fusion), and with
+        attentions each block's probabilities `[B, heads, g*g, g*g]`.
         """
         size = self.config.image_size
         if pixel_values.ndim != 4 or pixel_values.shape[1:] != (self.config.num_channels, size, size):
@@ -150,13 +186,12 @@ class EfficientSamVisionEncoder(nn.Module):
         grid = hidden_states.shape[1]
         hidden_states = hidden_states + self.resized_position_embeddings(grid)
         hidden_states = hidden_states.reshape(hidden_states.shape[0], grid * grid, -1)
+        # Decided once out here so that a checkpointed block recomputes with the same attention path.
+        output_attentions = recording_attentions()
         for index, layer in enumerate(self.layers):
-            if self.gradient_checkpointing and self.training:
-                hidden_states = torch.utils.checkpoint.checkpoint(layer, hidden_states, use_reentrant=False)
-            else:
-                hidden_states = layer(hidden_states)
-            if fused_features is not None and index == fusion_layer:
-                hidden_states = hidden_states + fused_features
+            hidden_states = layer(hidden_states, output_attentions=output_attentions)
+            if fusion is not None and index == fusion_layer:
+                hidden_states = fusion(hidden_states)
         hidden_states = hidden_states.reshape(hidden_states.shape[0], grid, grid, -1).permute(0, 3, 1, 2)
         return self.neck(hidden_states)
 
@@ -248,18 +283,25 @@ class EfficientSamTwoWayAttention(nn.Module):
         batch_size, seq_len, width = hidden_states.shape
         return hidden_states.reshape(batch_size, seq_len, self.num_heads, width // self.num_heads).transpose(1, 2)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        `query [N, Tq, C]`, `key`/`value [N, Tk, C]` → `([N, Tq, C], probs [N, heads, Tq, Tk] or None)`; the
+        probabilities with `output_attentions`.
+        """
         query = self._split_heads(self.q_proj(query))
         key = self._split_heads(self.k_proj(key))
         value = self._split_heads(self.v_proj(value))
-        attended = _attention(query, key, value, self.config._attn_implementation)
+        attended, probs = _attention_function(self.config, output_attentions)(query, key, value)
         batch_size, _, seq_len, _ = attended.shape
-        return self.out_proj(attended.transpose(1, 2).reshape(batch_size, seq_len, -1))
+        return self.out_proj(attended.transpose(1, 2).reshape(batch_size, seq_len, -1)), probs
 
 
-class EfficientSamTwoWayAttentionBlock(nn.Module):
+class EfficientSamTwoWayAttentionBlock(GradientCheckpointingLayer):
     """
-    Token self-attention, token→image cross-attention, token MLP, image→token cross-attention.
+    Token self-attention, token→image cross-attention, token MLP, image→token cross-attention; checkpointed when the
+    model's gradient checkpointing is on.
 
     Differs from `transformers`' SAM in the self-attention step: the first block keeps its residual, and later
     blocks add the query positional encoding to the queries themselves (so it stays in the residual stream).
@@ -280,18 +322,28 @@ class EfficientSamTwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = EfficientSamTwoWayAttention(config, config.attention_downsample_rate)
 
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.skip_first_layer_pe:
             queries = queries + query_pe
-        queries = self.layer_norm1(queries + self.self_attn(queries, queries, queries))
+        attn_out, _ = self.self_attn(queries, queries, queries, output_attentions=output_attentions)
+        queries = self.layer_norm1(queries + attn_out)
 
         keys_with_pe = keys + key_pe
-        attn_out = self.cross_attn_token_to_image(queries + query_pe, keys_with_pe, keys)
+        attn_out, _ = self.cross_attn_token_to_image(
+            queries + query_pe, keys_with_pe, keys, output_attentions=output_attentions
+        )
         queries = self.layer_norm2(queries + attn_out)
         queries = self.layer_norm3(queries + self.mlp(queries))
 
-        attn_out = self.cross_attn_image_to_token(keys_with_pe, queries + query_pe, queries)
+        attn_out, _ = self.cross_attn_image_to_token(
+            keys_with_pe, queries + query_pe, queries, output_attentions=output_attentions
+        )
         keys = self.layer_norm4(keys + attn_out)
         return queries, keys
 
@@ -308,13 +360,24 @@ class EfficientSamTwoWayTransformer(nn.Module):
     def forward(
         self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, point_embeddings: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`image_embeddings [N, C, h, w]`, `image_pe [1, C, h, w]`, `point_embeddings [N, T, C]` → (tokens, image)."""
+        """
+        `image_embeddings [N, C, h, w]`, `image_pe [1, C, h, w]`, `point_embeddings [N, T, C]` → (tokens, image).
+
+        Under a recording forward with attentions, hooks collect the probabilities in call order: per block the
+        token self-attention `[N, heads, T, T]`, token→image `[N, heads, T, h*w]` and image→token
+        `[N, heads, h*w, T]`, then the final token→image attention.
+        """
         keys = image_embeddings.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embeddings
+        # Decided once out here so that a checkpointed block recomputes with the same attention path; the tensors
+        # are positional so that reentrant checkpointing propagates their gradients.
+        output_attentions = recording_attentions()
         for layer in self.layers:
-            queries, keys = layer(queries, keys, query_pe=point_embeddings, key_pe=key_pe)
-        attn_out = self.final_attn_token_to_image(queries + point_embeddings, keys + key_pe, keys)
+            queries, keys = layer(queries, keys, point_embeddings, key_pe, output_attentions=output_attentions)
+        attn_out, _ = self.final_attn_token_to_image(
+            queries + point_embeddings, keys + key_pe, keys, output_attentions=output_attentions
+        )
         return self.layer_norm_final_attn(queries + attn_out), keys
 
 
@@ -468,7 +531,16 @@ class EfficientSamModule(nn.Module):
         )
 
 
+# `_can_record_outputs` of the models holding an `EfficientSamModule`: fields of their outputs.
+EFFICIENT_SAM_RECORDED_OUTPUTS = {
+    "vision_hidden_states": OutputRecorder(EfficientSamVisionLayer, index=0),
+    "vision_attentions": OutputRecorder(EfficientSamVisionAttention, index=1),
+    "mask_decoder_attentions": OutputRecorder(EfficientSamTwoWayAttention, index=1),
+}
+
+
 __all__ = [
+    "EFFICIENT_SAM_RECORDED_OUTPUTS",
     "EfficientSamMaskDecoder",
     "EfficientSamModule",
     "EfficientSamPromptEncoder",

@@ -1,6 +1,7 @@
 """EsamBlip models: the joint base model and its promptable-segmentation and image-text-matching heads."""
 
-from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,58 +24,20 @@ from .modeling_efficient_sam import (
     EfficientSamPositionalEmbedding,
     EfficientSamVisionEncoder,
 )
-from .prompts import VALID_LABELS, assemble_prompts
+from .modeling_outputs import EsamBlipGradCamSegmentationOutput, EsamBlipSegmentationOutput
 from .prompter import EsamBlipTextPrompter
-from .text_prompting import heatmap_to_prompts, mask_enhanced_heatmap
+from .prompts import assemble_prompts, check_tensor, is_tracing, validate_point_and_box_prompts
+from .text_prompt_gradcam import EsamBlipGradCamTextPrompts
+from .text_prompt_learned import EsamBlipLearnedTextPrompts
+from .text_prompt_strategies import (
+    TEXT_PROMPT_STRATEGIES,
+    EsamBlipTextPromptStrategy,
+    TextPromptInputs,
+    pair_with_texts,
+    resolve_text_prompt_mode,
+)
 
 logger = logging.get_logger(__name__)
-
-TEXT_PROMPT_MODES = ("gradcam", "learned")
-
-
-@dataclass
-class EsamBlipSegmentationOutput(ModelOutput):
-    r"""
-    Output of [`EsamBlipForPromptableSegmentation`].
-
-    Args:
-        loss (`torch.FloatTensor` of shape `()`, *optional*): with `labels`, the SAM loss (focal + dice on the
-            lowest-loss candidate, IoU MSE), plus with `match_labels` the ITM cross-entropy, weighted by the config.
-        iou_scores (`torch.FloatTensor` of shape `[B, Q, M]`): predicted IoU of every candidate mask (not sorted,
-            no sigmoid; the best mask of a query is its arg-max).
-        pred_masks (`torch.FloatTensor` of shape `[B, Q, M, 256, 256]`): low-resolution mask logits; resize them
-            with `EsamBlipImageProcessor.post_process_masks` and threshold at 0.
-        image_embeddings (`torch.FloatTensor` of shape `[B, C, 64, 64]`): EfficientSAM image embeddings before any
-            fusion (fusion happens on the way to the decoder), to reuse for further prompts; with
-            `fusion_type="multilevel"` the encoder's output with the BLIP stream added inside it.
-        prompt_points (`torch.FloatTensor` of shape `[T, K, 2]`, text prompts only): the points chosen from each
-            text's heatmap, (x, y) cell centres in the encoder frame; unused slots are (-1, -1).
-            `processor.post_process_points(prompt_points, original_sizes)` maps them to image pixels.
-        prompt_labels (`torch.LongTensor` of shape `[T, K]`, text prompts only): 1 salient, 0 background, -1 unused.
-        heatmap (`torch.FloatTensor` of shape `[T, g, g]`, text prompts only): Grad-CAM of each text (caption mean).
-        enhanced_heatmap (`torch.FloatTensor` of shape `[T, g, g]`, text prompts only): mask-enhanced heatmap in
-            [0, 1], `alpha * heatmap + (1 - alpha) * mask` with the best mask of the first query.
-        gradcams (`torch.FloatTensor` of shape `[T, g*g]`, text prompts only): `enhanced_heatmap` flattened, the
-            input PnP-VQA samples image patches from.
-        itm_probability (`torch.FloatTensor` of shape `[T]`, text prompts only): BLIP ITM match probability.
-        is_match (`torch.BoolTensor` of shape `[T]`, text prompts only): `itm_probability >= config.match_threshold`;
-            False means the described object is probably absent and the mask should not be trusted.
-        blip_image_embeds (`torch.FloatTensor` of shape `[B, 1 + g*g, D]`, text prompts or fusion only): BLIP ViT
-            output.
-    """
-
-    loss: torch.FloatTensor | None = None
-    iou_scores: torch.FloatTensor | None = None
-    pred_masks: torch.FloatTensor | None = None
-    image_embeddings: torch.FloatTensor | None = None
-    prompt_points: torch.FloatTensor | None = None
-    prompt_labels: torch.LongTensor | None = None
-    heatmap: torch.FloatTensor | None = None
-    enhanced_heatmap: torch.FloatTensor | None = None
-    gradcams: torch.FloatTensor | None = None
-    itm_probability: torch.FloatTensor | None = None
-    is_match: torch.BoolTensor | None = None
-    blip_image_embeds: torch.FloatTensor | None = None
 
 
 class EsamBlipPreTrainedModel(BuiltinNamesMixin, PreTrainedModel):
@@ -193,22 +156,21 @@ class EsamBlipModel(EsamBlipPreTrainedModel):
         return output
 
 
-def _check_tensor(name: str, value: torch.Tensor, ndim: int, last: int | None, expected: str) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of shape {expected}, got {type(value).__name__}.")
-    if value.ndim != ndim or (last is not None and value.shape[-1] != last):
-        raise ValueError(f"`{name}` must have shape {expected}, got {tuple(value.shape)}.")
+def _check_probability(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number in [0, 1], got {type(value).__name__} {value!r}.")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
 
 
 class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
     """
     EfficientSAM masks from points, boxes and texts, SAM-compatible: `get_image_embeddings` once, then
     `forward(image_embeddings=..., input_points=..., input_labels=...)` for as many prompts as needed, so
-    `pipeline("mask-generation")` works unchanged (with `fusion_type="none"` or a fusion that runs on cached
-    embeddings).
+    `pipeline("mask-generation")` works unchanged (with no fusion or a decoder-side fusion).
 
-    Texts become prompts zero-shot (Grad-CAM peaks as points) or through a trained prompter; `labels`/`match_labels`
-    give the training loss (see `forward`).
+    `forward` reads as encode → prompts → decode → loss. Texts become prompts through a text-prompt strategy
+    (`text_prompt_strategies`, chosen by `text_prompt_mode`); `labels`/`match_labels` give the training loss.
     """
 
     def __init__(self, config: EsamBlipConfig) -> None:
@@ -219,65 +181,9 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
     def get_image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """
         `pixel_values [B, 3, S, S]` → `image_embeddings [B, C, g, g]`; encode once, prompt many times. Always the plain
-        EfficientSAM embeddings: `forward` applies the configured fusion to them.
+        EfficientSAM embeddings: `forward` applies a decoder-side fusion to them.
         """
         return self.model.get_image_embeddings(pixel_values)
-
-    def _validate_prompts(
-        self,
-        batch_size: int,
-        input_points: torch.Tensor | None,
-        input_labels: torch.Tensor | None,
-        input_boxes: torch.Tensor | None,
-        required: bool = True,
-    ) -> torch.Tensor | None:
-        size = self.config.sam_vision_config.image_size
-        if input_points is None and input_labels is not None:
-            raise ValueError("`input_labels` was given without `input_points`.")
-        if input_points is None and input_boxes is None and required:
-            raise ValueError(
-                "Pass `input_points` and/or `input_boxes` (or a text with `input_ids`): EfficientSAM needs a prompt."
-            )
-        num_queries = []
-        if input_points is not None:
-            _check_tensor("input_points", input_points, 4, 2, "[batch, queries, points, 2]")
-            if input_labels is None:
-                input_labels = torch.ones(input_points.shape[:3], dtype=torch.long, device=input_points.device)
-            _check_tensor("input_labels", input_labels, 3, None, "[batch, queries, points]")
-            if input_labels.shape != input_points.shape[:3]:
-                raise ValueError(
-                    f"`input_labels` must have shape {tuple(input_points.shape[:3])} to match `input_points` "
-                    f"{tuple(input_points.shape)}, got {tuple(input_labels.shape)}."
-                )
-            bad = ~torch.isin(input_labels.long(), torch.tensor(VALID_LABELS, device=input_labels.device))
-            if bad.any():
-                raise ValueError(
-                    f"`input_labels` must be in {list(VALID_LABELS)} (-1 padding, 0 background, 1 foreground, "
-                    f"2/3 box corners), got {sorted(set(input_labels[bad].tolist()))}."
-                )
-            real = input_labels != VALID_LABELS[0]
-            coords = input_points[real]
-            if coords.numel() and (coords.min() < 0 or coords.max() > size or not torch.isfinite(coords).all()):
-                raise ValueError(
-                    f"`input_points` must lie in the {size}x{size} encoder frame ([0, {size}] per axis); got values in "
-                    f"[{coords.min().item():.1f}, {coords.max().item():.1f}]. Pass image-pixel coordinates through "
-                    "EsamBlipImageProcessor/EsamBlipProcessor, which rescales them."
-                )
-            num_queries.append(("input_points", input_points.shape[0], input_points.shape[1]))
-        if input_boxes is not None:
-            _check_tensor("input_boxes", input_boxes, 3, 4, "[batch, queries, 4] as (x1, y1, x2, y2)")
-            if (input_boxes[..., 2] < input_boxes[..., 0]).any() or (input_boxes[..., 3] < input_boxes[..., 1]).any():
-                raise ValueError("`input_boxes` must be (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1.")
-            num_queries.append(("input_boxes", input_boxes.shape[0], input_boxes.shape[1]))
-        for name, batch, _ in num_queries:
-            if batch != batch_size:
-                raise ValueError(f"`{name}` has batch size {batch} but the images have {batch_size}.")
-        if len(num_queries) == 2 and num_queries[0][2] != num_queries[1][2]:
-            raise ValueError(
-                f"`input_points` ({num_queries[0][2]} queries) and `input_boxes` ({num_queries[1][2]} queries) must "
-                "hold the same number of queries per image."
-            )
-        return input_labels
 
     def forward(
         self,
@@ -291,23 +197,24 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         blip_pixel_values: torch.Tensor | None = None,
         blip_image_embeds: torch.Tensor | None = None,
-        text_prompt_mode: str = "gradcam",
+        text_prompt_mode: str | None = None,
+        text_prompt_kwargs: dict[str, Any] | None = None,
+        match_threshold: float | None = None,
         labels: torch.Tensor | None = None,
         match_labels: torch.Tensor | None = None,
         original_sizes: torch.Tensor | None = None,
+        reshaped_input_sizes: torch.Tensor | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> EsamBlipSegmentationOutput | tuple:
         r"""
         Args:
             pixel_values (`[B, 3, S, S]`): normalised images from `EsamBlipImageProcessor` (XOR `image_embeddings`).
             image_embeddings (`[B, C, g, g]`): output of `get_image_embeddings`, to prompt an encoded image again.
-                These are the plain EfficientSAM embeddings: the fusion of `config.fusion_type` is applied here, on
-                the way to the decoder, so cached embeddings stay valid (except `"multilevel"`, which fuses inside
-                the encoder and needs `pixel_values`).
+                These are the plain EfficientSAM embeddings: a decoder-side fusion is applied here, on the way to the
+                decoder, so cached embeddings stay valid (an encoder-side fusion needs `pixel_values`).
             input_points (`[B, Q, P, 2]`): (x, y) in the S x S encoder frame (the processor rescales image pixels);
                 padding `(-1, -1)`. With texts, the batch axis is the text axis `T`.
-            input_labels (`[B, Q, P]`): 1 foreground, 0 background, 2/3 box corners, -1 padding; all 1 if omitted.
+            input_labels (`[B, Q, P]`): `prompts.PromptLabel` values; all foreground if omitted.
             input_boxes (`[B, Q, 4]`): (x1, y1, x2, y2) in the encoder frame; added as two corner points after the
                 query's points.
             multimask_output (`bool`): three candidate masks per query if True, one otherwise.
@@ -318,182 +225,179 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
             blip_pixel_values (`[B, 3, s, s]`): BLIP input; unused without texts and without fusion (so the
                 processor's full output can be passed).
             blip_image_embeds (`[B, 1 + N, D]`): BLIP ViT output, instead of `blip_pixel_values`.
-            text_prompt_mode (`str`): how texts become prompts.
-                - `"gradcam"` (zero-shot): each text's Grad-CAM heatmap gives up to `config.text_prompt_num_points`
-                  salient points (cell centres), appended to every query of that text (one query when no point/box
-                  is given). Not differentiable through the prompts.
-                - `"learned"`: the trained prompter (`config.prompter_source`) turns each text's features into
-                  `config.num_prompt_tokens` sparse embeddings, appended after the embeddings of the query's points
-                  and boxes (the only prompt when none is given, one query). Differentiable end to end; the ITM head
-                  gives `itm_probability`/`is_match`.
+            text_prompt_mode (`str`, *optional*): the text-prompt strategy (`text_prompt_strategies.
+                text_prompt_mode_choices()`: `"gradcam"` zero-shot Grad-CAM points, `"learned"` a trained prompter,
+                or `"auto"`); defaults to `config.text_prompt_mode`.
+            text_prompt_kwargs (`dict`, *optional*): per-call settings of the strategy (e.g. `{"num_points": 5}` for
+                `"gradcam"`), overriding their config defaults.
+            match_threshold (`float`, *optional*): ITM probability under which a text is reported absent; defaults
+                to `config.match_threshold`.
             labels (`[B or T, Q, h, w]` or `[B or T, h, w]`, *optional*): binary target masks at the low resolution
                 of `pred_masks` (256x256) or at the original image size (then pass `original_sizes`); a 3-D label is
                 shared by every query. Gives the SAM loss (`losses.segmentation_loss`, weights from the config).
             match_labels (`[T]`, *optional*): 1 where the text describes its image, 0 where not: the ITM
-                cross-entropy (`config.itm_loss_weight`) of learned text prompts. Ignored, with a warning, in the
-                other modes, whose ITM logits are not trained. With `labels`, a text whose match label is 0 trains no
-                mask (its object does not exist) unless `config.absent_mask_loss`.
-            original_sizes (`[B, 2]`, *optional*): `(H, W)` of each image, as the image processor returns them;
-                only read to resize full-resolution `labels`.
+                cross-entropy (`config.itm_loss_weight`) of strategies whose ITM logits train (`"learned"`); ignored
+                with a warning otherwise. With `labels`, a text whose match label is 0 trains no mask unless
+                `config.absent_mask_loss`.
+            original_sizes (`[B, 2]`, *optional*): `(H, W)` of each image; only read to resize full-resolution
+                `labels`.
+            reshaped_input_sizes (`[B, 2]`, *optional*): accepted so that `model(**processor(...))` works; not read
+                (every image is resized to the square encoder frame).
 
         With `transformers.Trainer`, set `label_names=["labels", "match_labels"]`: Trainer otherwise takes every
         argument whose name contains "label", `input_labels` included, for a label.
 
         Returns:
-            [`EsamBlipSegmentationOutput`] with `loss` (with `labels` and/or `match_labels`; first, so `Trainer`
-            finds it), `pred_masks [B or T, Q, M, 4g, 4g]`, `iou_scores [B or T, Q, M]` and, with texts, the match
-            probabilities and (Grad-CAM mode) the chosen points and heatmaps.
+            [`EsamBlipSegmentationOutput`] (or the strategy's subclass) with `loss` first, `iou_scores [B or T, Q, M]`,
+            `pred_masks [B or T, Q, M, 4g, 4g]` and, with texts, the match probabilities and the strategy's fields.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        sam = self.model.require_segmentation()
-        if input_ids is not None and text_prompt_mode not in TEXT_PROMPT_MODES:
-            raise ValueError(f"`text_prompt_mode` must be one of {TEXT_PROMPT_MODES}, got {text_prompt_mode!r}.")
-        fusion_type = self.config.fusion_type
-        if input_ids is not None or fusion_type != "none":
-            reason = "Text prompts" if input_ids is not None else f"`fusion_type={fusion_type!r}`"
-            blip_image_embeds = self._blip_image_embeds(blip_pixel_values, blip_image_embeds, reason)
-        else:
-            blip_image_embeds = None
-        image_embeddings = self._image_embeddings(sam, pixel_values, image_embeddings, blip_image_embeds)
-        decoder_embeddings = self._fused_embeddings(image_embeddings, blip_image_embeds)
-        if blip_image_embeds is not None and input_ids is not None:
-            itm_image_embeds = self.model.itm_image_embeds(blip_image_embeds, image_embeddings=image_embeddings)
+        strategy = None
+        if input_ids is not None:
+            strategy_class = TEXT_PROMPT_STRATEGIES[resolve_text_prompt_mode(self.config, text_prompt_mode)]
+            strategy = strategy_class(self.model, **(text_prompt_kwargs or {}))
+        elif text_prompt_kwargs:
+            raise ValueError("`text_prompt_kwargs` configure text prompts: pass them with `input_ids`.")
+        match_threshold = self.config.match_threshold if match_threshold is None else match_threshold
+        if not is_tracing():
+            self._check_inputs(
+                pixel_values, image_embeddings, input_points, input_labels, input_boxes, multimask_output,
+                input_ids, blip_pixel_values, blip_image_embeds, match_threshold,
+            )  # fmt: skip
 
+        # Encode.
+        blip_image_embeds = self._encode_blip(blip_pixel_values, blip_image_embeds, needed=input_ids is not None)
+        image_embeddings = self._encode_image(pixel_values, image_embeddings, blip_image_embeds)
+        decoder_embeddings = image_embeddings
+        if self.model.fusion is not None and self.model.fusion.location == "decoder":
+            decoder_embeddings = self.model.fusion(image_embeddings, blip_image_embeds)
+
+        # Prompts and decode.
         itm_logits = None
-        if input_ids is None:
-            input_labels = self._validate_prompts(image_embeddings.shape[0], input_points, input_labels, input_boxes)
+        output_class = EsamBlipSegmentationOutput
+        if strategy is None:
             points, point_labels = assemble_prompts(
                 input_points, input_labels, input_boxes, self.config.prompt_encoder_config.max_num_points
             )
-            pred_masks, iou_scores = sam.predict_masks(decoder_embeddings, points, point_labels, multimask_output)
+            pred_masks, iou_scores = self.model.sam.predict_masks(
+                decoder_embeddings, points, point_labels, multimask_output
+            )
             fields = {"iou_scores": iou_scores, "pred_masks": pred_masks}
         else:
-            _check_tensor("input_ids", input_ids, 2, None, "[texts, length]")
-            input_labels = self._validate_prompts(
-                input_ids.shape[0], input_points, input_labels, input_boxes, required=False
+            itm_image_embeds = self.model.itm_image_embeds(blip_image_embeds, image_embeddings=image_embeddings)
+            result = strategy(
+                TextPromptInputs(
+                    image_embeddings=decoder_embeddings,
+                    itm_image_embeds=itm_image_embeds,
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    input_points=input_points,
+                    input_labels=input_labels,
+                    input_boxes=input_boxes,
+                    multimask_output=multimask_output,
+                )
             )
-            if text_prompt_mode == "gradcam":
-                fields = self._segment_with_gradcam(
-                    sam,
-                    decoder_embeddings,
-                    itm_image_embeds,
-                    input_ids,
-                    attention_mask,
-                    input_points,
-                    input_labels,
-                    input_boxes,
-                    multimask_output,
-                )
-            else:
-                fields, itm_logits = self._segment_with_learned_prompts(
-                    sam,
-                    decoder_embeddings,
-                    itm_image_embeds,
-                    input_ids,
-                    attention_mask,
-                    input_points,
-                    input_labels,
-                    input_boxes,
-                    multimask_output,
-                )
-        loss = self._loss(fields, labels, itm_logits, match_labels, original_sizes)
-        output = EsamBlipSegmentationOutput(
+            output_class = strategy.output_class
+            itm_probability = result.itm_logits.softmax(dim=-1)[:, 1]
+            fields = {**result.fields, "itm_probability": itm_probability, "is_match": itm_probability >= match_threshold}
+            if strategy.trains_itm:
+                itm_logits = result.itm_logits
+
+        # Loss.
+        loss = self._loss(fields, labels, itm_logits, match_labels, original_sizes, strategy)
+        output = output_class(
             loss=loss, image_embeddings=image_embeddings, blip_image_embeds=blip_image_embeds, **fields
         )
         return output if return_dict else output.to_tuple()
 
-    def _segment_with_gradcam(
+    def _check_inputs(
         self,
-        sam: EfficientSamModule,
-        image_embeddings: torch.Tensor,
-        itm_image_embeds: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        image_embeddings: torch.Tensor | None,
         input_points: torch.Tensor | None,
         input_labels: torch.Tensor | None,
         input_boxes: torch.Tensor | None,
         multimask_output: bool,
-    ) -> dict[str, torch.Tensor]:
-        """Zero-shot text prompts: Grad-CAM peaks become points appended to each query (output fields as a dict)."""
+        input_ids: torch.Tensor | None,
+        blip_pixel_values: torch.Tensor | None,
+        blip_image_embeds: torch.Tensor | None,
+        match_threshold: float,
+    ) -> None:
+        """Every argument check of `forward`, once, before any compute (skipped while tracing or exporting)."""
+        config = self.config
+        self.model.require_segmentation()
+        if not isinstance(multimask_output, bool):
+            raise TypeError(f"`multimask_output` must be a bool, got {type(multimask_output).__name__}.")
+        _check_probability("match_threshold", match_threshold)
+        if (pixel_values is None) == (image_embeddings is None):
+            raise ValueError("Pass exactly one of `pixel_values` and `image_embeddings`.")
+        encoder_fusion = self.model.fusion is not None and self.model.fusion.location == "encoder"
+        if image_embeddings is not None:
+            if encoder_fusion:
+                raise ValueError(
+                    f"`fusion_type={config.fusion_type!r}` adds the BLIP features inside the EfficientSAM encoder: "
+                    "pass `pixel_values`, not `image_embeddings`."
+                )
+            vision = config.sam_vision_config
+            grid = vision.image_embedding_size
+            expected = f"[batch, {vision.output_channels}, {grid}, {grid}]"
+            check_tensor("image_embeddings", image_embeddings, 4, None, expected)
+            if image_embeddings.shape[1:] != (vision.output_channels, grid, grid):
+                raise ValueError(f"`image_embeddings` must have shape {expected}, got {tuple(image_embeddings.shape)}.")
+        num_images = (pixel_values if image_embeddings is None else image_embeddings).shape[0]
+        needs_blip = input_ids is not None or self.model.fusion is not None
+        if needs_blip:
+            reason = "Text prompts" if input_ids is not None else f"`fusion_type={config.fusion_type!r}`"
+            self.model.require_blip()
+            if (blip_pixel_values is None) == (blip_image_embeds is None):
+                raise ValueError(f"{reason} need exactly one of `blip_pixel_values` and `blip_image_embeds`.")
+            if blip_image_embeds is not None:
+                self.model.blip._check_image_embeds(blip_image_embeds)
+            blip_images = (blip_pixel_values if blip_image_embeds is None else blip_image_embeds).shape[0]
+            if blip_images != num_images:
+                raise ValueError(
+                    f"The BLIP images ({blip_images}) and the EfficientSAM images ({num_images}) must be the same batch."
+                )
+        frame = config.sam_vision_config.image_size
+        if input_ids is None:
+            validate_point_and_box_prompts(num_images, frame, input_points, input_labels, input_boxes)
+            return
+        check_tensor("input_ids", input_ids, 2, None, "[texts, length]")
         num_texts = input_ids.shape[0]
-        gradcam, itm_logits = self.model.blip.compute_gradcam(
-            input_ids, attention_mask, _pair_images(itm_image_embeds, num_texts)
-        )
-        heatmap = gradcam[:, 1]
-        text_points, text_labels = heatmap_to_prompts(
-            heatmap,
-            frame_size=self.config.sam_vision_config.image_size,
-            num_points=self.config.text_prompt_num_points,
-            min_distance=self.config.text_prompt_min_distance,
-            threshold=self.config.text_prompt_threshold,
-            num_background_points=self.config.text_prompt_num_background_points,
-        )
-        num_queries = next((t.shape[1] for t in (input_points, input_boxes) if t is not None), 1)
-        query_points = text_points[:, None].expand(-1, num_queries, -1, -1)
-        query_labels = text_labels[:, None].expand(-1, num_queries, -1)
-        if input_points is not None:
-            query_points = torch.cat([input_points.to(query_points.dtype), query_points], dim=2)
-            query_labels = torch.cat([input_labels.long(), query_labels], dim=2)
-        points, point_labels = assemble_prompts(
-            query_points, query_labels, input_boxes, self.config.prompt_encoder_config.max_num_points
-        )
-        sam_embeddings = _pair_with_texts(image_embeddings, num_texts, "image_embeddings")
-        pred_masks, iou_scores = sam.predict_masks(sam_embeddings, points, point_labels, multimask_output)
-
-        best = iou_scores[:, 0].argmax(dim=-1)
-        best_mask = pred_masks[torch.arange(num_texts), 0, best] > 0  # logits: the sign decides the mask
-        enhanced = mask_enhanced_heatmap(heatmap, best_mask, self.config.heatmap_mask_alpha)
-        return {
-            "iou_scores": iou_scores,
-            "pred_masks": pred_masks,
-            "prompt_points": text_points,
-            "prompt_labels": text_labels,
-            "heatmap": heatmap,
-            "enhanced_heatmap": enhanced,
-            "gradcams": enhanced.flatten(1),
-            **self._match_fields(itm_logits),
-        }
-
-    def _segment_with_learned_prompts(
-        self,
-        sam: EfficientSamModule,
-        image_embeddings: torch.Tensor,
-        itm_image_embeds: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        input_points: torch.Tensor | None,
-        input_labels: torch.Tensor | None,
-        input_boxes: torch.Tensor | None,
-        multimask_output: bool,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Learned text prompts: prompter tokens after each query's point/box embeddings; returns fields and ITM logits."""
-        prompter = self.model.require_prompter()
-        blip = self.model.blip
-        num_texts = input_ids.shape[0]
-        multimodal = blip.get_multimodal_features(input_ids, attention_mask, _pair_images(itm_image_embeds, num_texts))
-        itm_logits = blip.itm_head(multimodal[:, 0])
-        if self.config.prompter_source == "itm":
-            text_features = multimodal[:, 0]
-        else:
-            text_features = blip.get_text_features(input_ids, attention_mask)[:, 0]
-        text_tokens = prompter(text_features).to(image_embeddings.dtype)
-
-        if input_points is None and input_boxes is None:
-            sparse = text_tokens[:, None]
-        else:
-            points, point_labels = assemble_prompts(
-                input_points, input_labels, input_boxes, self.config.prompt_encoder_config.max_num_points
+        if num_texts == 0:
+            raise ValueError("`input_ids` must hold at least one text, got 0 rows.")
+        if num_images not in (1, num_texts):
+            raise ValueError(
+                f"`{'pixel_values' if image_embeddings is None else 'image_embeddings'}`: got {num_images} images for "
+                f"{num_texts} texts. Pass one image per text, or a single image for every text."
             )
-            point_embeddings = sam.embed_prompts(points, point_labels).to(image_embeddings.dtype)
-            text_tokens = text_tokens[:, None].expand(-1, point_embeddings.shape[1], -1, -1)
-            sparse = torch.cat([point_embeddings, text_tokens], dim=2)
-        sam_embeddings = _pair_with_texts(image_embeddings, num_texts, "image_embeddings")
-        pred_masks, iou_scores = sam.decode(sam_embeddings, sparse, multimask_output)
-        return {"iou_scores": iou_scores, "pred_masks": pred_masks, **self._match_fields(itm_logits)}, itm_logits
+        validate_point_and_box_prompts(num_texts, frame, input_points, input_labels, input_boxes, required=False)
 
-    def _match_fields(self, itm_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        itm_probability = itm_logits.softmax(dim=-1)[:, 1]
-        return {"itm_probability": itm_probability, "is_match": itm_probability >= self.config.match_threshold}
+    def _encode_blip(
+        self, blip_pixel_values: torch.Tensor | None, blip_image_embeds: torch.Tensor | None, needed: bool
+    ) -> torch.Tensor | None:
+        """The BLIP ViT tokens when texts or a fusion read them, else `None`."""
+        if not needed and self.model.fusion is None:
+            return None
+        if blip_image_embeds is None:
+            return self.model.blip.get_image_features(blip_pixel_values)
+        return blip_image_embeds
+
+    def _encode_image(
+        self,
+        pixel_values: torch.Tensor | None,
+        image_embeddings: torch.Tensor | None,
+        blip_image_embeds: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Plain EfficientSAM embeddings, or with an encoder-side fusion those of the encoder fed the BLIP stream."""
+        if image_embeddings is not None:
+            return image_embeddings
+        fusion = self.model.fusion
+        if fusion is not None and fusion.location == "encoder":
+            return self.model.sam.vision_encoder(
+                pixel_values, fusion=partial(fusion, blip_image_embeds=blip_image_embeds), fusion_layer=self.config.fusion_layer
+            )
+        return self.model.sam.get_image_embeddings(pixel_values)
 
     def _loss(
         self,
@@ -502,18 +406,20 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         itm_logits: torch.Tensor | None,
         match_labels: torch.Tensor | None,
         original_sizes: torch.Tensor | None,
+        strategy: EsamBlipTextPromptStrategy | None,
     ) -> torch.Tensor | None:
         """
-        Weighted SAM loss on `labels` plus the ITM cross-entropy on `match_labels` (learned prompts only). With both,
-        absent expressions (match label 0) train only the ITM head unless `config.absent_mask_loss`.
+        Weighted SAM loss on `labels` plus the ITM cross-entropy on `match_labels` (strategies whose ITM trains).
+        With both, absent expressions (match label 0) train only the ITM head unless `config.absent_mask_loss`.
         """
         config = self.config
         matching = None
         if match_labels is not None:
             if itm_logits is None:
+                mode = "no texts" if strategy is None else f"text_prompt_mode={strategy.name!r}"
                 logger.warning_once(
-                    "`match_labels` train the ITM head of learned text prompts (`input_ids` with "
-                    "`text_prompt_mode='learned'`); they are ignored here."
+                    f"`match_labels` train the ITM head of a text-prompt strategy with trainable ITM (`learned`); with "
+                    f"{mode} they are ignored."
                 )
             else:
                 matching = config.itm_loss_weight * itm_loss(itm_logits, match_labels)
@@ -534,71 +440,6 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         )
         return loss if matching is None else loss + matching
 
-    def _blip_image_embeds(
-        self, blip_pixel_values: torch.Tensor | None, blip_image_embeds: torch.Tensor | None, reason: str
-    ) -> torch.Tensor:
-        blip = self.model.require_blip()
-        if (blip_pixel_values is None) == (blip_image_embeds is None):
-            raise ValueError(f"{reason} need exactly one of `blip_pixel_values` and `blip_image_embeds`.")
-        if blip_image_embeds is None:
-            return blip.get_image_features(blip_pixel_values)
-        blip._check_image_embeds(blip_image_embeds)
-        return blip_image_embeds
-
-    def _image_embeddings(
-        self,
-        sam: EfficientSamModule,
-        pixel_values: torch.Tensor | None,
-        image_embeddings: torch.Tensor | None,
-        blip_image_embeds: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Plain EfficientSAM embeddings, or with `"multilevel"` fusion those of the encoder fed the BLIP stream."""
-        if (pixel_values is None) == (image_embeddings is None):
-            raise ValueError("Pass exactly one of `pixel_values` and `image_embeddings`.")
-        multilevel = self.config.fusion_type == "multilevel"
-        if image_embeddings is not None:
-            if multilevel:
-                raise ValueError(
-                    "`fusion_type='multilevel'` adds the BLIP features inside the EfficientSAM encoder: pass "
-                    "`pixel_values`, not `image_embeddings`."
-                )
-            vision = self.config.sam_vision_config
-            grid = vision.image_embedding_size
-            expected = f"[batch, {vision.output_channels}, {grid}, {grid}]"
-            _check_tensor("image_embeddings", image_embeddings, 4, None, expected)
-            if image_embeddings.shape[1:] != (vision.output_channels, grid, grid):
-                raise ValueError(f"`image_embeddings` must have shape {expected}, got {tuple(image_embeddings.shape)}.")
-        num_images = (pixel_values if image_embeddings is None else image_embeddings).shape[0]
-        if blip_image_embeds is not None and blip_image_embeds.shape[0] != num_images:
-            raise ValueError(
-                f"The BLIP images ({blip_image_embeds.shape[0]}) and the EfficientSAM images ({num_images}) must be "
-                "the same batch."
-            )
-        if image_embeddings is not None:
-            return image_embeddings
-        if multilevel:
-            fused = self.model.fusion(blip_image_embeds, self.config.sam_vision_config.image_embedding_size)
-            return sam.vision_encoder(pixel_values, fused_features=fused, fusion_layer=self.config.fusion_layer)
-        return sam.get_image_embeddings(pixel_values)
-
-    def _fused_embeddings(self, image_embeddings: torch.Tensor, blip_image_embeds: torch.Tensor | None) -> torch.Tensor:
-        """The decoder's image embeddings: fused with the BLIP features (`concat`, `cross_attention`, `adapter`)."""
-        if self.config.fusion_type in ("none", "multilevel"):
-            return image_embeddings
-        return self.model.fusion(image_embeddings, blip_image_embeds)
-
-
-def _pair_with_texts(images: torch.Tensor, num_texts: int, name: str) -> torch.Tensor:
-    """One image per text; a single image is broadcast (a view, not a copy) to every text."""
-    if images.shape[0] == num_texts:
-        return images
-    if images.shape[0] == 1:
-        return images.expand(num_texts, *images.shape[1:])
-    raise ValueError(
-        f"`{name}`: got {images.shape[0]} images for {num_texts} texts. Pass one image per text, or a single image "
-        "for every text."
-    )
-
 
 def _pair_images(image_embeds: torch.Tensor, num_texts: int) -> torch.Tensor:
     """One BLIP image per text for ITM; a single image is broadcast to every text."""
@@ -606,7 +447,7 @@ def _pair_images(image_embeds: torch.Tensor, num_texts: int) -> torch.Tensor:
         raise ValueError(
             f"`image_embeds` must have shape [num_images, 1 + num_patches, width], got {tuple(image_embeds.shape)}."
         )
-    return _pair_with_texts(image_embeds, num_texts, "image_embeds")
+    return pair_with_texts(image_embeds, num_texts, "image_embeds")
 
 
 class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
@@ -753,6 +594,9 @@ __all__ = [
     "EsamBlipForImageTextMatching",
     "EsamBlipForPromptableSegmentation",
     "EsamBlipGradCamOutput",
+    "EsamBlipGradCamSegmentationOutput",
+    "EsamBlipGradCamTextPrompts",
+    "EsamBlipLearnedTextPrompts",
     "EsamBlipImageTextMatchingOutput",
     "EsamBlipModel",
     "EsamBlipPreTrainedModel",

@@ -1,17 +1,21 @@
 """`pipeline("text-prompted-segmentation")`: masks, heatmaps and match scores for texts describing what to segment."""
 
+import os
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
+from transformers import AutoModelForMaskGeneration
 from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 
-from .modeling_esam_blip import TEXT_PROMPT_MODES, EsamBlipForPromptableSegmentation, EsamBlipSegmentationOutput
+from .best_mask import select_best_masks
+from .modeling_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipSegmentationOutput
+from .prompts import PromptLabel
+from .text_prompt_strategies import TEXT_PROMPT_STRATEGIES, resolve_text_prompt_mode
 
 TASK = "text-prompted-segmentation"
-_PADDING_LABEL = -1
 
 
 def _text_list(text: Any, name: str) -> list[str]:
@@ -75,7 +79,10 @@ class TextPromptedSegmentationPipeline(Pipeline):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         config = self.model.config
-        if not isinstance(self.model, EsamBlipForPromptableSegmentation) or not config.has_segmentation:
+        # Remote code loads the model and this module from separate copies of the modeling code (a cache folder per
+        # loaded module), so the class is recognised by name.
+        model_classes = {cls.__name__ for cls in type(self.model).__mro__}
+        if EsamBlipForPromptableSegmentation.__name__ not in model_classes or not config.has_segmentation:
             raise ValueError(
                 f"{TASK} needs an EsamBlipForPromptableSegmentation with an EfficientSAM half, got "
                 f"{type(self.model).__name__}."
@@ -92,6 +99,17 @@ class TextPromptedSegmentationPipeline(Pipeline):
             )
         if self.processor.image_processor.blip_image_size is None:
             raise ValueError(f"{TASK} needs an image processor with `blip_image_size` set (the BLIP input).")
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """
+        Save the model, the processor and this pipeline's code, with the task in the config's `custom_pipelines`: the
+        folder then loads with `pipeline("text-prompted-segmentation", model=folder, trust_remote_code=True)` where
+        this package is not installed. Because the config names the pipeline code, `pipeline()` asks for
+        `trust_remote_code=True` for that folder also where the package is installed (or pass `pipeline_class`).
+        """
+        super().save_pretrained(save_directory, **kwargs)
+        # Pipeline.save_pretrained saves a tokenizer and an image processor, but not a processor.
+        self.processor.save_pretrained(save_directory, **kwargs)
 
     def __call__(self, images: Any, texts: str | list[str] | list[list[str]] | None = None, **kwargs: Any) -> list:
         """
@@ -135,13 +153,9 @@ class TextPromptedSegmentationPipeline(Pipeline):
         postprocess_params = {} if mask_threshold is None else {"mask_threshold": mask_threshold}
         forward_params = {}
         if text_prompt_mode is not None:
-            if text_prompt_mode not in (*TEXT_PROMPT_MODES, "auto"):
-                raise ValueError(
-                    f"`text_prompt_mode` must be 'auto' or one of {TEXT_PROMPT_MODES}, got {text_prompt_mode!r}."
-                )
-            if text_prompt_mode == "learned":
-                self.model.base_model.require_prompter()
-            forward_params["text_prompt_mode"] = text_prompt_mode
+            mode = resolve_text_prompt_mode(self.model.config, text_prompt_mode)
+            TEXT_PROMPT_STRATEGIES[mode].check_model(self.model.base_model)
+            forward_params["text_prompt_mode"] = mode
         return preprocess_params, forward_params, postprocess_params
 
     def preprocess(self, inputs: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
@@ -162,12 +176,10 @@ class TextPromptedSegmentationPipeline(Pipeline):
         model_inputs = self.processor(images=image, text=texts, return_tensors="pt").to(self.dtype)
         return {"texts": texts, **model_inputs}
 
-    def _forward(self, model_inputs: dict[str, Any], text_prompt_mode: str = "auto") -> dict[str, Any]:
+    def _forward(self, model_inputs: dict[str, Any], text_prompt_mode: str | None = None) -> dict[str, Any]:
         """One model call for the image and all its texts; the output holds `pred_masks [T, 1, 3, h, w]` and more."""
         texts, original_sizes = model_inputs.pop("texts"), model_inputs.pop("original_sizes")
         model_inputs.pop("reshaped_input_sizes", None)
-        if text_prompt_mode == "auto":
-            text_prompt_mode = "gradcam" if self.model.config.prompter_source is None else "learned"
         outputs = self.model(**model_inputs, text_prompt_mode=text_prompt_mode)
         return {"texts": texts, "original_sizes": original_sizes, "outputs": outputs}
 
@@ -175,17 +187,15 @@ class TextPromptedSegmentationPipeline(Pipeline):
         """The model output of one image → one result dict per text (see the class docstring)."""
         outputs: EsamBlipSegmentationOutput = model_outputs["outputs"]
         original_size = tuple(int(side) for side in model_outputs["original_sizes"][0])
-        num_texts = len(model_outputs["texts"])
         # Text prompts make one query per text; only its best candidate is upsampled to the image size.
-        best = outputs["iou_scores"][:, 0].argmax(dim=-1)
-        best_logits = outputs["pred_masks"][torch.arange(num_texts), 0, best]
+        best_logits, best_scores = select_best_masks(outputs["pred_masks"][:, 0], outputs["iou_scores"][:, 0])
         masks = self.processor.post_process_masks([best_logits], [original_size], mask_threshold=mask_threshold)[0]
         results = []
         from_gradcam = outputs.get("prompt_points") is not None
         for t, text in enumerate(model_outputs["texts"]):
             points, point_labels = [], []
             if from_gradcam:
-                real = outputs["prompt_labels"][t] != _PADDING_LABEL
+                real = outputs["prompt_labels"][t] != PromptLabel.PADDING
                 text_points = outputs["prompt_points"][t][real]
                 points = self.processor.post_process_points([text_points], [original_size])[0].tolist()
                 point_labels = outputs["prompt_labels"][t][real].tolist()
@@ -193,7 +203,7 @@ class TextPromptedSegmentationPipeline(Pipeline):
                 {
                     "text": text,
                     "mask": masks[t],
-                    "score": outputs["iou_scores"][t, 0, best[t]].item(),
+                    "score": best_scores[t].item(),
                     "points": points,
                     "point_labels": point_labels,
                     "heatmap": outputs["heatmap"][t].float() if from_gradcam else None,
@@ -208,7 +218,9 @@ class TextPromptedSegmentationPipeline(Pipeline):
 PIPELINE_REGISTRY.register_pipeline(
     TASK,
     pipeline_class=TextPromptedSegmentationPipeline,
-    pt_model=EsamBlipForPromptableSegmentation,
+    # Saved as the Auto class's name in `custom_pipelines`, which `pipeline(..., trust_remote_code=True)` resolves in
+    # `transformers` and then through the checkpoint's `auto_map`: a class of this package would not resolve there.
+    pt_model=AutoModelForMaskGeneration,
     type="multimodal",
 )
 

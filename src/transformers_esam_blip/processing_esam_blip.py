@@ -5,14 +5,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import BertTokenizer, PreTrainedTokenizerBase
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.image_processing_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
 from transformers.utils import PROCESSOR_NAME, TensorType, cached_file
 
 from .builtin import BuiltinNamesMixin
-from .image_processing_esam_blip import EsamBlipImageProcessor, ImageLike
+from .image_processing_esam_blip import EsamBlipImageProcessor, EsamBlipImagesKwargs, ImageLike
 
 ENC_TOKEN = "[ENC]"
 DEC_TOKEN = "[DEC]"
@@ -34,6 +35,21 @@ def pre_caption(caption: str, max_words: int = 50) -> str:
     caption = caption.rstrip("\n").strip(" ")
     words = caption.split(" ")
     return " ".join(words[:max_words]) if len(words) > max_words else caption
+
+
+class EsamBlipProcessorKwargs(ProcessingKwargs, total=False):
+    """
+    Keyword arguments of [`EsamBlipProcessor.__call__`], flat or grouped by modality (`text_kwargs={...}`,
+    `images_kwargs={...}`): the tokenizer's (`TextKwargs`: `padding`, `max_length`, `truncation`,
+    `return_attention_mask`, ...) go to the tokenizer only, [`EsamBlipImagesKwargs`] to the image processor only.
+    """
+
+    images_kwargs: EsamBlipImagesKwargs
+
+
+# `return_tensors` is an argument of `__call__` itself and goes to both.
+_TEXT_KWARGS = frozenset(TextKwargs.__annotations__) - {"return_tensors"}
+_IMAGES_KWARGS = frozenset(EsamBlipImagesKwargs.__annotations__)
 
 
 def build_blip_tokenizer(vocab_or_dir: str | os.PathLike = "bert-base-uncased") -> BertTokenizer:
@@ -72,6 +88,7 @@ class EsamBlipProcessor(BuiltinNamesMixin, ProcessorMixin):
     """
 
     build_blip_tokenizer = staticmethod(build_blip_tokenizer)
+    valid_processor_kwargs = EsamBlipProcessorKwargs
 
     def __init__(
         self,
@@ -138,6 +155,19 @@ class EsamBlipProcessor(BuiltinNamesMixin, ProcessorMixin):
         return [processor_file]
 
     @property
+    def text_kwargs(self) -> dict[str, Any]:
+        """
+        Tokenizer defaults, the lowest priority of `_merge_kwargs`: LAVIS pads to the longest text, truncates at
+        `max_txt_len` and has no token types.
+        """
+        return {
+            "padding": "longest",
+            "truncation": True,
+            "max_length": self.max_txt_len,
+            "return_token_type_ids": False,
+        }
+
+    @property
     def unused_input_names(self) -> list[str]:
         # BLIP's text encoder has no token-type embeddings.
         return ["token_type_ids"]
@@ -189,7 +219,7 @@ class EsamBlipProcessor(BuiltinNamesMixin, ProcessorMixin):
         input_labels: Any = None,
         input_boxes: Any = None,
         return_tensors: str | TensorType | None = "pt",
-        **kwargs,
+        **kwargs: Unpack[EsamBlipProcessorKwargs],
     ) -> BatchFeature:
         """
         Prepare images, prompts and texts for [`EsamBlipModel`].
@@ -201,7 +231,10 @@ class EsamBlipProcessor(BuiltinNamesMixin, ProcessorMixin):
             input_points, input_labels, input_boxes: prompts in original-image pixels, see
                 [`EsamBlipImageProcessor.preprocess_prompts`].
             return_tensors (`str` or [`~utils.TensorType`], defaults to `"pt"`): `"pt"` or `"np"`.
-            kwargs: passed to the image processor (e.g. `input_data_format`).
+            kwargs: [`EsamBlipProcessorKwargs`]: tokenizer arguments (e.g. `padding`, `max_length`), which override
+                the LAVIS defaults ([`text_kwargs`]) and need `text`, and image processor arguments (e.g.
+                `input_data_format`, `do_normalize`), which need `images`; flat, or as `text_kwargs={...}` /
+                `images_kwargs={...}`. Any other keyword raises a `TypeError` naming it.
 
         Returns:
             [`BatchFeature`] with the image processor's outputs (`pixel_values` `[B, 3, S, S]`, `blip_pixel_values`
@@ -217,6 +250,9 @@ class EsamBlipProcessor(BuiltinNamesMixin, ProcessorMixin):
             )
         if images is None and text is None:
             raise ValueError("Give `images`, `text`, or both.")
+        text_kwargs, images_kwargs = self._split_kwargs(
+            kwargs, has_images=images is not None, has_text=text is not None
+        )
         data: dict[str, Any] = {}
         num_images = None
         if images is not None:
@@ -226,12 +262,10 @@ class EsamBlipProcessor(BuiltinNamesMixin, ProcessorMixin):
                 input_labels=input_labels,
                 input_boxes=input_boxes,
                 return_tensors=return_tensors,
-                **kwargs,
+                **images_kwargs,
             )
             num_images = len(image_inputs["original_sizes"])
             data.update(image_inputs)
-        elif kwargs:
-            raise ValueError(f"{sorted(kwargs)} only apply to images, but no `images` were given.")
         if text is not None:
             tokenizer = self._require_tokenizer("`text`")
             texts = self.clean_text(text)
@@ -240,17 +274,46 @@ class EsamBlipProcessor(BuiltinNamesMixin, ProcessorMixin):
                     f"Got {len(texts)} texts for {num_images} images; give one text per image, or a single image "
                     "for several texts."
                 )
-            data.update(
-                tokenizer(
-                    texts,
-                    padding="longest",
-                    truncation=True,
-                    max_length=self.max_txt_len,
-                    return_token_type_ids=False,
-                    return_tensors=return_tensors,
-                )
-            )
+            data.update(tokenizer(texts, return_tensors=return_tensors, **text_kwargs))
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _split_kwargs(
+        self, kwargs: dict[str, Any], has_images: bool, has_text: bool
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """
+        The call's keyword arguments as `(text_kwargs, images_kwargs)`, merged with the defaults by `_merge_kwargs`.
+        Unknown keys and wrongly typed values raise a `TypeError`, arguments of an absent modality a `ValueError`.
+        """
+        grouped = {"text_kwargs": _TEXT_KWARGS, "images_kwargs": _IMAGES_KWARGS}
+        given = {"text_kwargs": set(), "images_kwargs": set()}
+        unknown = []
+        for key, value in kwargs.items():
+            if key in grouped:
+                if not isinstance(value, dict):
+                    raise TypeError(f"`{key}` must be a dict, got {type(value).__name__}.")
+                unknown += [f"{key}[{name!r}]" for name in value if name not in grouped[key]]
+                given[key].update(value)
+            elif key in _TEXT_KWARGS:
+                given["text_kwargs"].add(key)
+            elif key in _IMAGES_KWARGS:
+                given["images_kwargs"].add(key)
+            else:
+                unknown.append(key)
+        if unknown:
+            raise TypeError(
+                f"EsamBlipProcessor got unexpected keyword arguments {sorted(unknown)}; it takes the tokenizer's "
+                f"arguments (e.g. padding, max_length, truncation, return_attention_mask) and the image processor's "
+                f"{sorted(_IMAGES_KWARGS)}."
+            )
+        if given["images_kwargs"] and not has_images:
+            raise ValueError(f"{sorted(given['images_kwargs'])} only apply to images, but no `images` were given.")
+        if given["text_kwargs"] and not has_text:
+            raise ValueError(f"{sorted(given['text_kwargs'])} only apply to text, but no `text` was given.")
+        try:
+            merged = self._merge_kwargs(EsamBlipProcessorKwargs, tokenizer_init_kwargs={}, **kwargs)
+        except StrictDataclassFieldValidationError as error:
+            raise TypeError(str(error)) from error
+        return merged["text_kwargs"], merged["images_kwargs"]
 
     def post_process_masks(self, *args, **kwargs) -> list:
         """Forwards to [`EsamBlipImageProcessor.post_process_masks`]."""

@@ -3,12 +3,13 @@
 import argparse
 import json
 import shutil
-import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from ..commands import CommandParser, run_command
 from ..configuration_esam_blip import EsamBlipConfig
 from ..image_processing_esam_blip import EsamBlipImageProcessor
 from ..modeling_esam_blip import EsamBlipForImageTextMatching, EsamBlipForPromptableSegmentation
@@ -20,6 +21,7 @@ from .efficient_sam import (
     load_efficient_sam_state_dict,
 )
 
+SUMMARY = "Convert original EfficientSAM and/or BLIP (LAVIS or transformers) weights to one EsamBlip checkpoint."
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # The repository's MODEL_CARD.md links here, so the template also ships with a non-editable install.
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "assets" / "MODEL_CARD.md"
@@ -164,32 +166,45 @@ def convert_checkpoint(
     return output_dir
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Convert original EfficientSAM and/or BLIP (LAVIS or transformers) weights to one EsamBlip checkpoint."
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the conversion command's arguments to `parser` (the script's, or `esam-blip convert`'s)."""
+    parser.add_argument(
+        "--efficientsam", type=Path, help="original EfficientSAM .pt ({'model': state_dict} or a state dict)"
     )
-    parser.add_argument("--efficientsam", type=Path, help="original EfficientSAM .pt ({'model': state_dict} or a state dict)")
-    parser.add_argument("--blip", type=Path, help="LAVIS BLIP ITM .pth, or a folder with a transformers BlipForImageTextRetrieval")
+    parser.add_argument(
+        "--blip", type=Path, help="LAVIS BLIP ITM .pth, or a folder with a transformers BlipForImageTextRetrieval"
+    )
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--sam_num_heads", type=int, help="EfficientSAM ViT heads (default: width / 64)")
-    parser.add_argument("--blip_vision_heads", type=int, help="BLIP ViT heads for LAVIS checkpoints (default: width / 64)")
-    parser.add_argument("--blip_text_heads", type=int, help="BLIP text heads for LAVIS checkpoints (default: width / 64)")
+    parser.add_argument(
+        "--blip_vision_heads", type=int, help="BLIP ViT heads for LAVIS checkpoints (default: width / 64)"
+    )
+    parser.add_argument(
+        "--blip_text_heads", type=int, help="BLIP text heads for LAVIS checkpoints (default: width / 64)"
+    )
     parser.add_argument("--tokenizer", type=Path, help="BLIP BERT tokenizer folder (vocab with [DEC] and [ENC])")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
     parser.add_argument("--push_to_hub", metavar="REPO_ID", help="upload the folder to this Hub repository")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `conversion/convert_esam_blip.py`."""
+    parser = CommandParser(prog="convert_esam_blip.py", description=SUMMARY)
+    add_arguments(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        output = convert_checkpoint(**vars(args))
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"Wrote {output}")
-    return 0
+def run(args: argparse.Namespace) -> None:
+    """Convert as the parsed command line says (`conversion/convert_esam_blip.py` / `esam-blip convert`)."""
+    names = ("efficientsam", "blip", "output_dir", "sam_num_heads", "blip_vision_heads", "blip_text_heads")
+    names += ("tokenizer", "dtype", "overwrite", "push_to_hub")
+    print(f"Wrote {convert_checkpoint(**{name: getattr(args, name) for name in names})}")
 
 
-__all__ = ["build_parser", "convert_checkpoint", "main", "render_model_card"]
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the conversion command with `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    return run_command(build_parser(), run, argv)
+
+
+__all__ = ["SUMMARY", "add_arguments", "build_parser", "convert_checkpoint", "main", "render_model_card", "run"]

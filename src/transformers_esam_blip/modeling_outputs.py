@@ -1,0 +1,64 @@
+"""Output classes of the promptable-segmentation head, shared by the head and its text-prompt strategies."""
+
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import ModelOutput
+
+
+@dataclass
+class EsamBlipSegmentationOutput(ModelOutput):
+    r"""
+    Output of [`EsamBlipForPromptableSegmentation`]. Text-prompt strategies extend it with their own fields (e.g.
+    [`EsamBlipGradCamSegmentationOutput`]).
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): with `labels`, the SAM loss (focal + dice on the
+            lowest-loss candidate, IoU MSE), plus with `match_labels` the ITM cross-entropy, weighted by the config.
+        iou_scores (`torch.FloatTensor` of shape `[B, Q, M]`): predicted IoU of every candidate mask (not sorted,
+            no sigmoid; the best mask of a query is its arg-max, `best_mask.select_best_masks`).
+        pred_masks (`torch.FloatTensor` of shape `[B, Q, M, 256, 256]`): low-resolution mask logits; resize them
+            with `EsamBlipImageProcessor.post_process_masks` and threshold at 0.
+        itm_probability (`torch.FloatTensor` of shape `[T]`, texts only): BLIP ITM match probability.
+        is_match (`torch.BoolTensor` of shape `[T]`, texts only): `itm_probability >= match_threshold`; False means
+            the described object is probably absent and the mask should not be trusted.
+        image_embeddings (`torch.FloatTensor` of shape `[B, C, 64, 64]`): EfficientSAM image embeddings before any
+            decoder-side fusion, to reuse for further prompts (with an encoder fusion: the fused encoder's output).
+        blip_image_embeds (`torch.FloatTensor` of shape `[B, 1 + g*g, D]`, texts or fusion only): BLIP ViT output.
+    """
+
+    loss: torch.FloatTensor | None = None
+    iou_scores: torch.FloatTensor | None = None
+    pred_masks: torch.FloatTensor | None = None
+    itm_probability: torch.FloatTensor | None = None
+    is_match: torch.BoolTensor | None = None
+    image_embeddings: torch.FloatTensor | None = None
+    blip_image_embeds: torch.FloatTensor | None = None
+
+
+@dataclass
+class EsamBlipGradCamSegmentationOutput(EsamBlipSegmentationOutput):
+    r"""
+    Output of [`EsamBlipForPromptableSegmentation`] with zero-shot Grad-CAM text prompts: the fields of
+    [`EsamBlipSegmentationOutput`], then
+
+    Args:
+        prompt_points (`torch.FloatTensor` of shape `[T, K, 2]`): the points chosen from each text's heatmap, (x, y)
+            cell centres in the encoder frame; unused slots are (-1, -1).
+            `processor.post_process_points(prompt_points, original_sizes)` maps them to image pixels.
+        prompt_labels (`torch.LongTensor` of shape `[T, K]`): `PromptLabel`: 1 salient, 0 background, -1 unused.
+        heatmap (`torch.FloatTensor` of shape `[T, g, g]`): Grad-CAM of each text (caption mean).
+        enhanced_heatmap (`torch.FloatTensor` of shape `[T, g, g]`): mask-enhanced heatmap in [0, 1],
+            `alpha * heatmap + (1 - alpha) * mask` with the best mask of the first query.
+        gradcams (`torch.FloatTensor` of shape `[T, g*g]`): `enhanced_heatmap` flattened, the input PnP-VQA samples
+            image patches from.
+    """
+
+    prompt_points: torch.FloatTensor | None = None
+    prompt_labels: torch.LongTensor | None = None
+    heatmap: torch.FloatTensor | None = None
+    enhanced_heatmap: torch.FloatTensor | None = None
+    gradcams: torch.FloatTensor | None = None
+
+
+__all__ = ["EsamBlipGradCamSegmentationOutput", "EsamBlipSegmentationOutput"]

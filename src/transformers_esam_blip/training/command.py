@@ -1,0 +1,193 @@
+"""The training command: load the model and the data, train with `transformers.Trainer`, save, report.
+
+Without a GPU the command trains on the CPU and joins a multi-process launch with gloo. `accelerate launch --cpu`
+(accelerate 1.x) starts a single process whatever `--num_processes` says unless given an MPI hostfile; the command
+then warns. Every checkpoint (and the final model in `--output_dir`) holds `model.safetensors`, the config and the
+processor, and loads with `AutoModel` / `AutoModelForMaskGeneration` / `AutoProcessor`. Errors are one line on stderr
+(`error: ...`) and exit status 2; progress goes to stderr.
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+from transformers import Trainer, TrainingArguments, set_seed
+
+from ..builtin_presets import build_preset_config, build_preset_processor
+from ..commands import CliError, load_checkpoint_config, looks_like_hub_id, run_command
+from ..data import load_referring_dataset, synthetic_referring_dataset
+from ..modeling_esam_blip import (
+    EsamBlipForImageTextMatching,
+    EsamBlipForPromptableSegmentation,
+)
+from ..processing_esam_blip import EsamBlipProcessor
+from ..text_prompt_strategies import TEXT_PROMPT_STRATEGIES, resolve_text_prompt_mode
+from .arguments import build_parser, check_arguments, command_training_arguments
+from .freezing import apply_freezing
+from .trainer_builders import build_itm_trainer, build_trainer
+
+
+def _progress(message: str, args: TrainingArguments) -> None:
+    # One process speaks for all of them under `accelerate launch`.
+    if args.process_index == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _single_process_under_accelerate_cpu(args: TrainingArguments) -> bool:
+    """Whether `accelerate launch --cpu --num_processes N>1` started this process alone (it sets MASTER_ADDR only then)."""
+    asked_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    return asked_cpu and "MASTER_ADDR" in os.environ and args.world_size == 1
+
+
+def load_dataset(
+    source: str,
+    split: str | None,
+    num_scenes: int,
+    seed: int,
+    args: argparse.Namespace,
+    shared_attribute_fraction: float = 0.0,
+) -> datasets.Dataset:
+    """`--dataset` / `--eval_dataset`: synthetic scenes drawn with `seed`, or a referring dataset from disk or the Hub."""
+    if source == "synthetic":
+        side = args.scene_size
+        return synthetic_referring_dataset(
+            num_scenes,
+            seed=seed,
+            absent_fraction=args.absent_fraction,
+            cache_dir=args.cache_dir,
+            image_size=side,
+            min_side=side // 8,
+            max_side=3 * side // 8,
+            shared_attribute_fraction=shared_attribute_fraction,
+        )
+    if not Path(source).exists() and not looks_like_hub_id(source):
+        raise CliError(f"dataset {source} does not exist (give 'synthetic', a folder or a Hub dataset id)")
+    return load_referring_dataset(source, split=split, cache_dir=args.cache_dir)
+
+
+def load_model(args: argparse.Namespace) -> tuple[EsamBlipForPromptableSegmentation, EsamBlipProcessor]:
+    """The model and processor of `--model` or `--config`, with the prompter/fusion the command line asks for."""
+    names = ("prompter_source", "fusion_type", "itm_fusion", "absent_mask_loss")
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    model_class = EsamBlipForImageTextMatching if args.task == "itm" else EsamBlipForPromptableSegmentation
+    if args.config is not None:
+        processor = build_preset_processor(args.config)
+        config = build_preset_config(args.config, processor, **{"prompter_source": "text", **overrides})
+        if args.text_prompt_mode is not None:
+            config.text_prompt_mode = args.text_prompt_mode
+        return model_class(config), processor
+    config = load_checkpoint_config(args.model)
+    if args.task == "itm":
+        if not config.has_blip:
+            raise CliError(f"--task itm needs the BLIP half, but --model {args.model} has none")
+        processor = EsamBlipProcessor.from_pretrained(args.model)
+        if processor.tokenizer is None:
+            raise CliError(f"--model {args.model} has no tokenizer; ITM training needs the texts")
+        return model_class.from_pretrained(args.model, **overrides), processor
+    if not (config.has_segmentation and config.has_blip):
+        raise CliError(
+            f"--model {args.model} needs both halves for referring segmentation (has_segmentation="
+            f"{config.has_segmentation}, has_blip={config.has_blip}); convert it with --efficientsam and --blip"
+        )
+    # A prompter or fusion the checkpoint lacks starts from the model's init (the fusion as the identity).
+    model = EsamBlipForPromptableSegmentation.from_pretrained(args.model, **overrides)
+    mode = model.config.text_prompt_mode if args.text_prompt_mode is None else args.text_prompt_mode
+    try:
+        TEXT_PROMPT_STRATEGIES[resolve_text_prompt_mode(model.config, mode)].check_model(model.base_model)
+    except ValueError as error:
+        raise CliError(
+            f"--text_prompt_mode {mode} does not fit --model {args.model}: {error} On the command line: add a "
+            "prompter with --prompter_source text|itm, or pick another --text_prompt_mode"
+        ) from error
+    model.config.text_prompt_mode = mode
+    processor = EsamBlipProcessor.from_pretrained(args.model)
+    if processor.tokenizer is None:
+        raise CliError(f"--model {args.model} has no tokenizer; referring-segmentation training needs the texts")
+    return model, processor
+
+
+def _report(trainer: Trainer, global_step: int, evaluate: bool, args: argparse.Namespace) -> None:
+    """Print the loss trend and, with evaluation data, the final scores."""
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    summary = f"Trained to step {global_step}"
+    if losses:
+        summary += f"; logged loss {losses[0]:.4f} -> {losses[-1]:.4f}"
+    _progress(f"{summary}; model and processor saved to {args.output_dir}", trainer.args)
+    if evaluate:
+        # Trainer has evaluated the final step already when it falls on `eval_steps`.
+        last = next(
+            (entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry),
+            None,
+        )
+        metrics = last if last is not None and last["step"] == global_step else trainer.evaluate()
+        scores = {name: value for name, value in metrics.items() if name.startswith("eval_") and "_per_" not in name}
+        _progress(
+            "Evaluation: " + ", ".join(f"{name}={value:.4f}" for name, value in scores.items()),
+            trainer.args,
+        )
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train as the parsed command line says (`python -m transformers_esam_blip.training` / `esam-blip train`)."""
+    check_arguments(args)
+    training_args = command_training_arguments(args)
+    if _single_process_under_accelerate_cpu(training_args):
+        _progress(
+            "warning: `accelerate launch --cpu` starts one process whatever --num_processes says (it needs an MPI "
+            "hostfile for more); for N gloo processes on the CPU use `accelerate launch --multi_gpu --num_processes N` "
+            "or `torchrun --nproc_per_node N` (this command trains on the CPU when there is no GPU, or with --use_cpu)",
+            training_args,
+        )
+    set_seed(args.seed)  # the same random init in every process
+    model, processor = load_model(args)
+    trainable = apply_freezing(model, args.freeze)
+    total = sum(parameter.numel() for parameter in model.parameters())
+    # Process 0 writes the `datasets` cache first; the others then read it instead of racing to write it.
+    with training_args.main_process_first(desc="dataset"):
+        _progress(f"Loading the training data ({args.dataset}) ...", training_args)
+        train_dataset = load_dataset(
+            args.dataset,
+            args.dataset_split,
+            args.num_scenes,
+            args.seed,
+            args,
+            args.shared_attribute_fraction,
+        )
+        eval_dataset = None
+        if args.eval_dataset is not None:
+            _progress(f"Loading the evaluation data ({args.eval_dataset}) ...", training_args)
+            # A different seed keeps the synthetic evaluation scenes out of the training scenes.
+            eval_seed = args.seed + 1 if args.eval_dataset == args.dataset else args.seed
+            eval_dataset = load_dataset(
+                args.eval_dataset,
+                args.eval_split,
+                args.num_eval_scenes,
+                eval_seed,
+                args,
+            )
+    _progress(
+        f"Model: {trainable:,} of {total:,} parameters train (--freeze {args.freeze}); {len(train_dataset)} training "
+        f"examples; {training_args.world_size} process(es) on {training_args.device}",
+        training_args,
+    )
+    if args.task == "itm":
+        trainer = build_itm_trainer(model, processor, train_dataset, eval_dataset, args=training_args)
+    else:
+        trainer = build_trainer(model, processor, train_dataset, eval_dataset, args=training_args)
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.save_state()
+    _report(trainer, result.global_step, eval_dataset is not None, args)
+    if args.push_to_hub is not None:
+        trainer.push_to_hub()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the training command with `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    return run_command(build_parser(), run, argv)
+
+
+__all__ = ["load_dataset", "load_model", "main", "run"]
