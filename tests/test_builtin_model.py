@@ -15,7 +15,7 @@ from transformers_esam_blip import (
     demo,
     evaluation,
 )
-from transformers_esam_blip.builtin import resolve_pretrained_name
+from transformers_esam_blip.builtin import BUILTIN_PRESETS, MODELS_DIR, close_builtin_names, resolve_pretrained_name
 from transformers_esam_blip.data import synthetic_referring_dataset
 from transformers_esam_blip.evaluation import evaluate_referring_segmentation
 
@@ -61,6 +61,28 @@ def test_unknown_builtin_name():
         builtin_model_path("nope")
 
 
+def test_registry_holds_each_preset_and_its_weights():
+    """One registry: every architecture by name; the shipped weights are those of a preset, found by its name."""
+    shipped = {preset.model_name: name for name, preset in BUILTIN_PRESETS.items() if preset.model_name}
+    assert shipped == {NAME: "shapes"} and set(BUILTIN_MODELS) == set(shipped)
+    assert BUILTIN_MODELS[NAME] == BUILTIN_PRESETS["shapes"].model_description
+    assert builtin_model_path(NAME) == MODELS_DIR / NAME
+    config = EsamBlipConfig.from_pretrained(NAME)
+    assert config.sam_vision_config.image_size == BUILTIN_PRESETS["shapes"].sam_image_size
+    assert config.vision_config.image_size == BUILTIN_PRESETS["shapes"].blip_image_size
+    assert close_builtin_names("esam-blip-shape") == [NAME] and close_builtin_names("bert-base") == []
+
+
+@pytest.mark.parametrize("command", [demo.main, evaluation.main])
+def test_model_name_typo_lists_the_builtin_names(command, capsys):
+    assert command(["--model", "esam-blip-shape"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: --model esam-blip-shape is neither a folder nor a built-in model; did you mean 'esam-blip-shapes'? "
+        "The built-in models are: esam-blip-shapes"
+    )
+
+
 @pytest.mark.slow
 def test_builtin_quality_on_fresh_scenes(builtin):
     """
@@ -92,7 +114,10 @@ def test_demo_errors(tmp_path, capsys):
     assert demo.main(["--num_scenes", "0"]) == 2
     assert "--num_scenes must be >= 1" in capsys.readouterr().err
     assert demo.main(["--model", str(tmp_path / "missing")]) == 2
-    assert "cannot load --model" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == f"error: --model {tmp_path / 'missing'} does not exist"
+    (tmp_path / "empty").mkdir()
+    assert demo.main(["--model", str(tmp_path / "empty")]) == 2
+    assert "is not an EsamBlip checkpoint (no config.json)" in capsys.readouterr().err
 
 
 def test_evaluation_command_writes_json(tmp_path, capsys):

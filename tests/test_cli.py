@@ -21,9 +21,14 @@ from transformers_esam_blip import (
     EsamBlipForPromptableSegmentation,
     EsamBlipImageProcessor,
     EsamBlipProcessor,
+    demo,
+    evaluation,
 )
-from transformers_esam_blip.cli import main, parse_box, parse_point
+from transformers_esam_blip.cli import build_parser, main, parse_box, parse_point, run_export
+from transformers_esam_blip.commands import CliError
+from transformers_esam_blip.conversion import checkpoint as conversion
 from transformers_esam_blip.pipelines import TASK
+from transformers_esam_blip.training import command as training
 from transformers_esam_blip.visualization import draw_masks
 
 HEIGHT, WIDTH = 48, 64
@@ -80,7 +85,7 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_help(capsys):
     status, out, _ = _run(capsys, "--help")
-    assert status == 0 and "segment" in out and "everything" in out and "itm" in out
+    assert status == 0 and all(name in out for name in ("segment", "everything", "itm", "train", "export"))
     status, out, _ = _run(capsys, "segment", "--help")
     assert status == 0 and "--text" in out and "--points" in out and "--box" in out and "--json" in out
 
@@ -225,17 +230,27 @@ def test_itm_mode(checkpoints, image_path, tmp_path, capsys):
         (["everything", "{image}", "--model", "{joint}", "--output", "{tmp}/o.png", "--points-per-batch", "0"],
          "--points-per-batch must be >= 1"),
         (["draw", "{image}"], "invalid choice"),
+        (["segment", "{image}", "--text", "a", "--model", "esam-blip-shape", "--output", "{tmp}/o.png"],
+         r"--model esam-blip-shape is neither a folder nor a built-in model; did you mean 'esam-blip-shapes'\? "
+         r"The built-in models are: esam-blip-shapes$"),
+        (["itm", "{image}", "--text", "a", "--model", "{joint}", "--device", "quantum"],
+         r"argument --device: invalid device 'quantum'"),
+        (["export", "esam-blip-shape", "--output", "{tmp}/onnx"], "MODEL esam-blip-shape .* did you mean"),
+        (["export", "{segmentation}", "--output", "{tmp}/o.png"], r"--output .*o\.png is not empty|is a file"),
+        (["export", "{segmentation}", "--output", "{tmp}/onnx", "--opset", "5"], r"--opset must be in \[17, 20\]"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line(checkpoints, image_path, tmp_path, capsys, argv, message):
     (tmp_path / "notes.png").write_text("not an image")
+    if "export" in argv:
+        (tmp_path / "o.png").write_text("a file where a folder should be")
     values = {"tmp": tmp_path, "image": image_path, **checkpoints}
     status, _, err = _run(capsys, *(arg.format(**values) for arg in argv))
     assert status == 2
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in err
     assert re.search(message, errors[0]), errors[0]
-    assert not (tmp_path / "o.png").exists()
+    assert not (tmp_path / "o.png").exists() or "export" in argv
 
 
 @pytest.mark.slow
@@ -264,3 +279,112 @@ def test_real_process_on_the_converted_fixtures(joint_checkpoint, image_path, tm
     )
     assert failed.returncode == 2 and failed.stderr.strip().startswith("error: ")
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_subcommands_delegate_to_the_module_commands(capsys):
+    """`esam-blip train/evaluate/demo/convert` run the code of the `python -m` forms, with their arguments."""
+    parser = build_parser()
+    cases = {
+        "train": (["--config", "tiny", "--dataset", "synthetic", "--output_dir", "out"], training.run, "--freeze"),
+        "evaluate": ([], evaluation.run, "--breakdown"),
+        "demo": ([], demo.run, "--num_scenes"),
+        "convert": (["--output_dir", "out"], conversion.run, "--efficientsam"),
+        "export": (["esam-blip-shapes", "--output", "out"], run_export, "--opset"),
+    }
+    for name, (argv, run, option) in cases.items():
+        assert parser.parse_args([name, *argv]).run is run, name
+        status, out, _ = _run(capsys, name, "--help")
+        assert status == 0 and f"esam-blip {name}" in out and option in out and "--debug" in out, name
+
+
+@pytest.mark.parametrize(
+    ("command", "module_main", "argv"),
+    [
+        ("train", training.main, ["--config", "tiny", "--dataset", "synthetic", "--output_dir", "{tmp}", "--max_steps", "0"]),
+        ("evaluate", evaluation.main, ["--num_scenes", "0"]),
+        ("evaluate", evaluation.main, ["--model", "esam-blip-shape"]),
+        ("demo", demo.main, ["--model", "{tmp}/missing"]),
+        ("convert", conversion.main, ["--output_dir", "{tmp}/out"]),
+    ],
+)  # fmt: skip
+def test_subcommand_and_module_form_report_the_same_error(tmp_path, capsys, command, module_main, argv):
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    assert module_main(argv) == 2
+    module_err = capsys.readouterr().err
+    status, _, err = _run(capsys, command, *argv)
+    assert status == 2 and err == module_err and err.startswith("error: ") and len(err.splitlines()) == 1
+
+
+def test_debug_shows_the_traceback(image_path, tmp_path, capsys):
+    output = str(tmp_path / "o.png")
+    argv = ["segment", str(image_path), "--text", "a", "--model", "esam-blip-shape", "--output", output]
+    assert main(argv) == 2
+    with pytest.raises(CliError, match="did you mean 'esam-blip-shapes'"):
+        main([*argv, "--debug"])
+    with pytest.raises(CliError, match="--num_scenes must be >= 1"):
+        main(["--debug", "evaluate", "--num_scenes", "0"])  # before the sub-command too
+    with pytest.raises(CliError, match="--num_scenes must be >= 1"):
+        evaluation.main(["--num_scenes", "0", "--debug"])
+
+
+@pytest.mark.slow
+def test_export_writes_the_onnx_files(checkpoints, tmp_path, capsys):
+    output = tmp_path / "onnx"
+    status, out, _ = _run(capsys, "export", checkpoints["segmentation"], "--output", output)
+    assert status == 0
+    written = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    assert {"image_encoder", "prompt_decoder", "config"} <= written.keys()
+    assert all(Path(path).exists() for path in written.values())
+    status, _, err = _run(capsys, "export", checkpoints["segmentation"], "--output", output)
+    assert status == 2 and "--overwrite" in err
+    assert _run(capsys, "export", checkpoints["segmentation"], "--output", output, "--overwrite")[0] == 0
+
+
+REPO = Path(__file__).resolve().parents[1]
+_SCRIPT = shutil.which("esam-blip")
+ESAM_BLIP = [_SCRIPT] if _SCRIPT else [sys.executable, "-m", "transformers_esam_blip.cli"]
+PYTHON_M = [sys.executable, "-m"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ([*ESAM_BLIP, "segment", "{image}", "--text", "a", "--model", "esam-blip-shape", "--output", "{tmp}/o.png"],
+         "did you mean 'esam-blip-shapes'"),
+        ([*ESAM_BLIP, "itm", "{image}", "--text", "a", "--model", "esam-blip-shapes", "--device", "quantum"],
+         "argument --device: invalid device 'quantum'"),
+        ([*ESAM_BLIP, "everything", "{tmp}/missing.png", "--model", "esam-blip-shapes", "--output", "{tmp}/o.png"],
+         "image .*missing.png does not exist"),
+        ([*ESAM_BLIP, "train", "--config", "tiny", "--dataset", "synthetic", "--output_dir", "{tmp}/out",
+          "--max_steps", "0"], "--max_steps must be >= 1"),
+        ([*ESAM_BLIP, "train", "--model", "esam-blip-shape", "--dataset", "synthetic", "--output_dir", "{tmp}/out"],
+         "did you mean 'esam-blip-shapes'"),
+        ([*ESAM_BLIP, "evaluate", "--model", "esam-blip-shape"], "did you mean 'esam-blip-shapes'"),
+        ([*ESAM_BLIP, "demo", "--num_scenes", "0"], "--num_scenes must be >= 1"),
+        ([*ESAM_BLIP, "convert", "--efficientsam", "{tmp}/nope.pt", "--output_dir", "{tmp}/o"],
+         "--efficientsam: no such file"),
+        ([*ESAM_BLIP, "export", "esam-blip-shape", "--output", "{tmp}/onnx"], "did you mean 'esam-blip-shapes'"),
+        ([*ESAM_BLIP, "frobnicate"], "invalid choice: 'frobnicate'"),
+        ([*PYTHON_M, "transformers_esam_blip.training", "--config", "tiny", "--dataset", "synthetic",
+          "--output_dir", "{tmp}/out", "--learning_rate", "0"], "--learning_rate must be > 0"),
+        ([*PYTHON_M, "transformers_esam_blip.evaluation", "--num_scenes", "0"], "--num_scenes must be >= 1"),
+        ([*PYTHON_M, "transformers_esam_blip.demo", "--model", "esam-blip-shape"], "did you mean 'esam-blip-shapes'"),
+        ([sys.executable, str(REPO / "conversion" / "convert_esam_blip.py"), "--output_dir", "{tmp}/o"],
+         "nothing to convert"),
+    ],
+    ids=[
+        "segment-model-typo", "itm-device", "everything-missing-image", "train-max-steps", "train-model-typo",
+        "evaluate-model-typo", "demo-num-scenes", "convert-missing-file", "export-model-typo", "unknown-command",
+        "python-m-training", "python-m-evaluation", "python-m-demo", "convert-script",
+    ],
+)  # fmt: skip
+def test_real_processes_report_one_error_line(image_path, tmp_path, command, message):
+    """Each entry point, run as a real process on a broken input: one `error:` line, status 2, no traceback."""
+    argv = [arg.format(image=image_path, tmp=tmp_path) for arg in command]
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert re.search(message, lines[0]), lines[0]

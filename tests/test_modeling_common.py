@@ -71,7 +71,7 @@ class EsamBlipModelTester:
     make_inputs: Callable[[int], dict[str, torch.Tensor]]
     # Output fields that carry the main predictions (compared by the equivalence checks).
     prediction_fields: tuple[str, ...]
-    # Parameters that get no gradient from the training loss, by design (a name prefix each).
+    # Parameters that get no (or only zero) gradient from the training loss, by design (a name prefix each).
     unused_parameters: tuple[str, ...] = ()
     training_labels: Callable[[int], dict[str, torch.Tensor]] | None = None
     uses_sam: bool = True
@@ -134,7 +134,7 @@ TESTERS = [
         config_kwargs={**BLIP_CONFIG, "segmentation": False},
         make_inputs=lambda n: {**_texts(n), "blip_pixel_values": torch.randn(n, 3, 32, 32)},
         prediction_fields=("itm_score", "image_embeds", "text_embeds"),
-        # The ITM loss reads neither the ITC projections nor the ViT's [CLS]-independent parts... only ITC heads.
+        # The ITM loss does not read the ITC projections.
         unused_parameters=("model.blip.vision_proj.", "model.blip.text_proj."),
         training_labels=lambda n: {"labels": torch.tensor([1, 0, 1])[:n]},
         uses_sam=False,
@@ -150,8 +150,10 @@ TESTERS = [
             **_texts(n),
         },
         prediction_fields=("iou_scores", "pred_masks", "itm_probability"),
+        # Without points or boxes the text tokens are the only prompt: the point/box embeddings are not used.
         unused_parameters=(
             "model.sam.mask_decoder.output_hypernetworks_mlps.0.",
+            "model.sam.prompt_encoder.",
             "model.blip.vision_proj.",
             "model.blip.text_proj.",
         ),
@@ -292,10 +294,12 @@ def _expected_blip_recordings(config: EsamBlipConfig, output, num_texts: int | N
     assert output.blip_vision_attentions[0].shape[1:] == (vision.num_attention_heads, image_tokens, image_tokens)
     if num_texts is None:
         return
-    assert len(output.blip_text_hidden_states) == text.num_hidden_layers + 1
-    assert len(output.blip_text_attentions) == text.num_hidden_layers
-    length = output.blip_text_attentions[0].shape[-1]
-    assert output.blip_text_attentions[0].shape == (num_texts, text.num_attention_heads, length, length)
+    length = output.blip_cross_attentions[0].shape[2]
+    if hasattr(output, "blip_text_attentions"):  # the matching model: one text pass, whose every state it returns
+        assert len(output.blip_text_hidden_states) == text.num_hidden_layers + 1
+        assert output.blip_text_hidden_states[0].shape == (num_texts, length, text.hidden_size)
+        assert len(output.blip_text_attentions) == text.num_hidden_layers
+        assert output.blip_text_attentions[0].shape == (num_texts, text.num_attention_heads, length, length)
     assert len(output.blip_cross_attentions) == text.num_hidden_layers
     assert output.blip_cross_attentions[0].shape == (num_texts, text.num_attention_heads, length, image_tokens)
 
@@ -332,11 +336,12 @@ def test_eager_matches_sdpa(tester, tmp_path):
     model, inputs = tester.build()
     model.save_pretrained(tmp_path)
     eager = tester.model_class.from_pretrained(tmp_path, attn_implementation="eager").eval()
-    sdpa = tester.model_class.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    # The default: SDPA for EfficientSAM (BLIP's transformers classes only have the eager path).
+    sdpa = tester.model_class.from_pretrained(tmp_path).eval()
     if tester.uses_sam:
         assert eager.config.sam_vision_config._attn_implementation == "eager"
         assert eager.config.mask_decoder_config._attn_implementation == "eager"
-        assert sdpa.config.mask_decoder_config._attn_implementation == "sdpa"
+        assert sdpa.config.mask_decoder_config._attn_implementation in (None, "sdpa")  # None: the SDPA default
     a, b = _run(eager, inputs), _run(sdpa, inputs)
     for name in tester.prediction_fields:
         _assert_same(getattr(a, name), getattr(b, name), atol=1e-5, path=name)
@@ -368,8 +373,12 @@ def test_training_step_reaches_every_trainable_parameter(tester):
         if p.requires_grad and p.grad is None and not name.startswith(tester.unused_parameters)
     ]
     assert not missing, f"no gradient reached {missing}"
-    unexpected = [name for name, p in model.named_parameters() if name.startswith(tester.unused_parameters) and p.grad is not None]
-    assert not unexpected, f"{unexpected} are listed as unused but got gradients"
+    unexpected = [
+        name
+        for name, p in model.named_parameters()
+        if name.startswith(tester.unused_parameters) and p.grad is not None and p.grad.any()
+    ]
+    assert not unexpected, f"{unexpected} are listed as unused but got non-zero gradients"
 
 
 @pytest.mark.parametrize("use_reentrant", [False, True])

@@ -10,10 +10,27 @@ from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
     BaseModelOutputWithPoolingAndCrossAttentions,
 )
+from transformers.models.blip.modeling_blip import BlipAttention, BlipEncoderLayer
+from transformers.models.blip.modeling_blip_text import BlipTextLayer, BlipTextSelfAttention
 from transformers.utils import ModelOutput
 
 from .configuration_esam_blip import EsamBlipConfig
 from .gradcam import gradcam_from_cross_attention
+from .output_recording import OutputRecorder
+
+# Entries of `_can_record_outputs` (output field → recorded module) for the models holding an `EsamBlipImageTextModule`:
+# every pass of the BLIP ViT and of the text encoder in one forward, in call order.
+BLIP_VISION_RECORDED_OUTPUTS = {
+    "blip_vision_hidden_states": OutputRecorder(BlipEncoderLayer, index=0),
+    "blip_vision_attentions": OutputRecorder(BlipAttention, index=1),
+}
+BLIP_TEXT_RECORDED_OUTPUTS = {
+    "blip_text_hidden_states": OutputRecorder(BlipTextLayer, index=0),
+    "blip_text_attentions": OutputRecorder(BlipTextSelfAttention, index=1, layer_name="attention"),
+}
+BLIP_CROSS_ATTENTION_RECORDED_OUTPUTS = {
+    "blip_cross_attentions": OutputRecorder(BlipTextSelfAttention, index=1, layer_name="crossattention"),
+}
 
 
 @dataclass
@@ -34,6 +51,23 @@ class EsamBlipImageTextMatchingOutput(ModelOutput):
             image projection (ITC only).
         text_feat (`torch.FloatTensor` of shape `(num_texts, image_text_hidden_size)`, *optional*): normalised ITC
             text projection (ITC only).
+        vision_hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states` when the
+            EfficientSAM ViT runs (`config.itm_fusion` with `pixel_values`)): its embeddings and the output of each
+            block, `num_hidden_layers + 1` tensors of shape `(num_images, g*g, sam_hidden_size)`.
+        vision_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions`, same condition): one
+            `(num_images, num_heads, g*g, g*g)` per EfficientSAM ViT block.
+        blip_vision_hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states` and
+            `blip_pixel_values`): BLIP ViT embeddings and the output of each layer, `num_hidden_layers + 1` tensors
+            of shape `(num_images, 1 + num_patches, vision_hidden_size)`.
+        blip_vision_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions` and
+            `blip_pixel_values`): one `(num_images, num_heads, 1 + num_patches, 1 + num_patches)` per BLIP ViT layer.
+        blip_text_hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states`): text-encoder
+            embeddings and the output of each layer, `num_hidden_layers + 1` tensors of shape
+            `(batch_size, text_length, text_hidden_size)`.
+        blip_text_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions`): one
+            `(batch_size, num_heads, text_length, text_length)` self-attention per text layer.
+        blip_cross_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions`, ITM only): one
+            `(batch_size, num_heads, text_length, 1 + num_patches)` cross-attention per text layer.
     """
 
     loss: torch.FloatTensor | None = None
@@ -42,6 +76,13 @@ class EsamBlipImageTextMatchingOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     image_feat: torch.FloatTensor | None = None
     text_feat: torch.FloatTensor | None = None
+    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    vision_attentions: tuple[torch.FloatTensor, ...] | None = None
+    blip_vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    blip_vision_attentions: tuple[torch.FloatTensor, ...] | None = None
+    blip_text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    blip_text_attentions: tuple[torch.FloatTensor, ...] | None = None
+    blip_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -472,6 +513,9 @@ class EsamBlipImageTextModule(nn.Module):
 
 
 __all__ = [
+    "BLIP_CROSS_ATTENTION_RECORDED_OUTPUTS",
+    "BLIP_TEXT_RECORDED_OUTPUTS",
+    "BLIP_VISION_RECORDED_OUTPUTS",
     "EsamBlipGradCamOutput",
     "EsamBlipImageTextMatchingOutput",
     "EsamBlipImageTextModule",

@@ -531,16 +531,19 @@ class EfficientSamModule(nn.Module):
         )
 
 
-# `_can_record_outputs` of the models holding an `EfficientSamModule`: fields of their outputs.
-EFFICIENT_SAM_RECORDED_OUTPUTS = {
+# Entries of `_can_record_outputs` (output field → recorded module) for the models holding an `EfficientSamModule`.
+EFFICIENT_SAM_VISION_RECORDED_OUTPUTS = {
     "vision_hidden_states": OutputRecorder(EfficientSamVisionLayer, index=0),
     "vision_attentions": OutputRecorder(EfficientSamVisionAttention, index=1),
+}
+EFFICIENT_SAM_MASK_DECODER_RECORDED_OUTPUTS = {
     "mask_decoder_attentions": OutputRecorder(EfficientSamTwoWayAttention, index=1),
 }
 
 
 __all__ = [
-    "EFFICIENT_SAM_RECORDED_OUTPUTS",
+    "EFFICIENT_SAM_MASK_DECODER_RECORDED_OUTPUTS",
+    "EFFICIENT_SAM_VISION_RECORDED_OUTPUTS",
     "EfficientSamMaskDecoder",
     "EfficientSamModule",
     "EfficientSamPromptEncoder",

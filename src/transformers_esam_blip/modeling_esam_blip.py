@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput, logging
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import can_return_tuple, logging
 
 from .builtin import BuiltinNamesMixin
 from .configuration_esam_blip import EsamBlipConfig
@@ -15,16 +16,22 @@ from .fusion import ZERO_INIT_LAYERS, build_fusion, build_itm_fusion
 from .gradcam import pnp_vqa_gradcams
 from .losses import itm_loss, segmentation_loss
 from .modeling_blip_itm import (
+    BLIP_CROSS_ATTENTION_RECORDED_OUTPUTS,
+    BLIP_TEXT_RECORDED_OUTPUTS,
+    BLIP_VISION_RECORDED_OUTPUTS,
     EsamBlipGradCamOutput,
     EsamBlipImageTextMatchingOutput,
     EsamBlipImageTextModule,
 )
 from .modeling_efficient_sam import (
+    EFFICIENT_SAM_MASK_DECODER_RECORDED_OUTPUTS,
+    EFFICIENT_SAM_VISION_RECORDED_OUTPUTS,
     EfficientSamModule,
     EfficientSamPositionalEmbedding,
     EfficientSamVisionEncoder,
 )
-from .modeling_outputs import EsamBlipGradCamSegmentationOutput, EsamBlipSegmentationOutput
+from .modeling_outputs import EsamBlipGradCamSegmentationOutput, EsamBlipModelOutput, EsamBlipSegmentationOutput
+from .output_recording import record_outputs
 from .prompter import EsamBlipTextPrompter
 from .prompts import assemble_prompts, check_tensor, is_tracing, validate_point_and_box_prompts
 from .text_prompt_gradcam import EsamBlipGradCamTextPrompts
@@ -64,6 +71,26 @@ class EsamBlipPreTrainedModel(BuiltinNamesMixin, PreTrainedModel):
         elif isinstance(module, EfficientSamPositionalEmbedding):
             init.normal_(module.positional_embedding, std=1.0)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """
+        The BLIP text encoder's word embeddings; for a checkpoint without the BLIP half, the EfficientSAM patch
+        embedding, as transformers' vision models (`SamModel`) return theirs.
+        """
+        model = self.base_model
+        if model.blip is not None:
+            return model.blip.get_input_embeddings()
+        return model.require_segmentation().vision_encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.base_model.require_blip().set_input_embeddings(value)
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Resize the BLIP text vocabulary (e.g. after adding [DEC]/[ENC]); a `ValueError` without the BLIP half."""
+        self.base_model.require_blip()
+        return super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+
 
 class EsamBlipModel(EsamBlipPreTrainedModel):
     """
@@ -72,6 +99,8 @@ class EsamBlipModel(EsamBlipPreTrainedModel):
     when configured, so converted checkpoints keep their exact key list: `self.fusion` (`config.fusion_type`) and
     `self.prompter` (learned text prompts, `config.prompter_source`).
     """
+
+    _can_record_outputs = {**EFFICIENT_SAM_VISION_RECORDED_OUTPUTS, **BLIP_VISION_RECORDED_OUTPUTS}
 
     def __init__(self, config: EsamBlipConfig) -> None:
         super().__init__(config)
@@ -133,27 +162,37 @@ class EsamBlipModel(EsamBlipPreTrainedModel):
             image_embeddings = self.get_image_embeddings(pixel_values)
         return self.itm_fusion(blip_image_embeds, image_embeddings)
 
+    @can_return_tuple
+    @record_outputs
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         blip_pixel_values: torch.Tensor | None = None,
-        **kwargs,
-    ) -> ModelOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> EsamBlipModelOutput | tuple:
         """
         Encode images with whichever halves the checkpoint has.
 
+        Args:
+            pixel_values (`[B, 3, S, S]`, *optional*): EfficientSAM input.
+            blip_pixel_values (`[B, 3, s, s]`, *optional*): BLIP input.
+            output_attentions, output_hidden_states (`bool`, *optional*): also return the attention probabilities
+                and hidden states of the ViTs that ran (recorded by hooks); default to the config's.
+            return_dict (`bool`, *optional*): a tuple (`to_tuple()` order) if False.
+
         Returns:
-            `ModelOutput` with `image_embeddings [B, C, g, g]` (EfficientSAM) and/or `blip_image_embeds
+            [`EsamBlipModelOutput`] with `image_embeddings [B, C, g, g]` (EfficientSAM) and/or `blip_image_embeds
             [B, 1+N, D]` (BLIP ViT).
         """
         if pixel_values is None and blip_pixel_values is None:
             raise ValueError("Pass `pixel_values` (EfficientSAM) and/or `blip_pixel_values` (BLIP).")
-        output = ModelOutput()
+        image_embeddings = blip_image_embeds = None
         if pixel_values is not None:
-            output["image_embeddings"] = self.get_image_embeddings(pixel_values)
+            image_embeddings = self.get_image_embeddings(pixel_values)
         if blip_pixel_values is not None:
-            output["blip_image_embeds"] = self.require_blip().get_image_features(blip_pixel_values)
-        return output
+            blip_image_embeds = self.require_blip().get_image_features(blip_pixel_values)
+        return EsamBlipModelOutput(image_embeddings=image_embeddings, blip_image_embeds=blip_image_embeds)
 
 
 def _check_probability(name: str, value: object) -> None:
@@ -173,6 +212,13 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
     (`text_prompt_strategies`, chosen by `text_prompt_mode`); `labels`/`match_labels` give the training loss.
     """
 
+    _can_record_outputs = {
+        **EFFICIENT_SAM_VISION_RECORDED_OUTPUTS,
+        **EFFICIENT_SAM_MASK_DECODER_RECORDED_OUTPUTS,
+        **BLIP_VISION_RECORDED_OUTPUTS,
+        **BLIP_CROSS_ATTENTION_RECORDED_OUTPUTS,
+    }
+
     def __init__(self, config: EsamBlipConfig) -> None:
         super().__init__(config)
         self.model = EsamBlipModel(config)
@@ -185,6 +231,8 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         """
         return self.model.get_image_embeddings(pixel_values)
 
+    @can_return_tuple
+    @record_outputs
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -204,7 +252,8 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         match_labels: torch.Tensor | None = None,
         original_sizes: torch.Tensor | None = None,
         reshaped_input_sizes: torch.Tensor | None = None,
-        return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> EsamBlipSegmentationOutput | tuple:
         r"""
         Args:
@@ -243,6 +292,14 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
                 `labels`.
             reshaped_input_sizes (`[B, 2]`, *optional*): accepted so that `model(**processor(...))` works; not read
                 (every image is resized to the square encoder frame).
+            output_attentions (`bool`, *optional*): also return the attention probabilities of every attention that
+                ran (`vision_attentions`, `mask_decoder_attentions`, `blip_vision_attentions`,
+                `blip_cross_attentions`), recorded by hooks with the explicit (eager) attention; defaults to
+                `config.output_attentions`. The masks do not change.
+            output_hidden_states (`bool`, *optional*): also return the ViTs' hidden states (`vision_hidden_states`,
+                `blip_vision_hidden_states`); defaults to `config.output_hidden_states`.
+            return_dict (`bool`, *optional*): a tuple (`to_tuple()` order) if False; defaults to
+                `config.return_dict`.
 
         With `transformers.Trainer`, set `label_names=["labels", "match_labels"]`: Trainer otherwise takes every
         argument whose name contains "label", `input_labels` included, for a label.
@@ -251,7 +308,6 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
             [`EsamBlipSegmentationOutput`] (or the strategy's subclass) with `loss` first, `iou_scores [B or T, Q, M]`,
             `pred_masks [B or T, Q, M, 4g, 4g]` and, with texts, the match probabilities and the strategy's fields.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         strategy = None
         if input_ids is not None:
             strategy_class = TEXT_PROMPT_STRATEGIES[resolve_text_prompt_mode(self.config, text_prompt_mode)]
@@ -305,10 +361,7 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
 
         # Loss.
         loss = self._loss(fields, labels, itm_logits, match_labels, original_sizes, strategy)
-        output = output_class(
-            loss=loss, image_embeddings=image_embeddings, blip_image_embeds=blip_image_embeds, **fields
-        )
-        return output if return_dict else output.to_tuple()
+        return output_class(loss=loss, image_embeddings=image_embeddings, blip_image_embeds=blip_image_embeds, **fields)
 
     def _check_inputs(
         self,
@@ -460,6 +513,12 @@ class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
     """
 
     main_input_name = "input_ids"
+    _can_record_outputs = {
+        **EFFICIENT_SAM_VISION_RECORDED_OUTPUTS,
+        **BLIP_VISION_RECORDED_OUTPUTS,
+        **BLIP_TEXT_RECORDED_OUTPUTS,
+        **BLIP_CROSS_ATTENTION_RECORDED_OUTPUTS,
+    }
 
     def __init__(self, config: EsamBlipConfig) -> None:
         super().__init__(config)
@@ -473,17 +532,38 @@ class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
             image_embeds = self.model.require_blip().get_image_features(blip_pixel_values)
         return image_embeds
 
-    def get_image_features(self, blip_pixel_values: torch.Tensor) -> torch.Tensor:
-        """`blip_pixel_values [B, 3, S, S]` → BLIP ViT output `image_embeds [B, 1 + N, D]` (after the final norm)."""
-        return self.model.require_blip().get_image_features(blip_pixel_values)
-
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    @can_return_tuple
+    def get_image_features(
+        self,
+        blip_pixel_values: torch.Tensor,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPooling | tuple:
         """
-        `input_ids [B, L]` ([CLS] first) → text-only last hidden state `[B, L, D_text]` (LAVIS's `mode="text"`; its
-        [CLS] row, projected by `text_proj`, is the ITC text feature).
+        BLIP image features, as transformers 5's `BlipModel.get_image_features`: `last_hidden_state [B, 1 + N, D]`
+        (the ViT output after its final norm, the `image_embeds` that `forward` reuses) and `pooler_output
+        [B, image_text_hidden_size]`, the ITC projection of its [CLS] row (not normalised). See
+        `EsamBlipImageTextModule.encode_image`.
         """
-        return self.model.require_blip().get_text_features(input_ids, attention_mask)
+        return self.model.require_blip().encode_image(blip_pixel_values, output_attentions, output_hidden_states)
 
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """
+        BLIP text features, as transformers 5's `BlipModel.get_text_features`: `last_hidden_state [B, L, D_text]` of
+        the text-only pass (LAVIS's `mode="text"`, [CLS] first) and `pooler_output [B, image_text_hidden_size]`, the
+        ITC projection of its [CLS] row (not normalised). See `EsamBlipImageTextModule.encode_text`.
+        """
+        return self.model.require_blip().encode_text(input_ids, attention_mask, output_attentions, output_hidden_states)
+
+    @can_return_tuple
+    @record_outputs
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -492,9 +572,10 @@ class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
         image_embeds: torch.Tensor | None = None,
         use_itm_head: bool = True,
         labels: torch.Tensor | None = None,
-        return_dict: bool | None = None,
         pixel_values: torch.Tensor | None = None,
         image_embeddings: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> EsamBlipImageTextMatchingOutput | tuple:
         r"""
         Args:
@@ -508,12 +589,18 @@ class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
             pixel_values (`[B_images, 3, S', S']`, *optional*): EfficientSAM input of the same images (XOR
                 `image_embeddings`); read only by checkpoints with `config.itm_fusion`, whose ITM needs one of them.
             image_embeddings (`[B_images, C, g, g]`, *optional*): EfficientSAM image embeddings of the same images.
+            output_attentions (`bool`, *optional*): also return the attention probabilities of the encoders that ran
+                (`blip_vision_attentions`, `blip_text_attentions`, `blip_cross_attentions`, `vision_attentions`),
+                recorded by hooks; defaults to `config.output_attentions`.
+            output_hidden_states (`bool`, *optional*): also return their hidden states; defaults to
+                `config.output_hidden_states`.
+            return_dict (`bool`, *optional*): a tuple (`to_tuple()` order) if False; defaults to
+                `config.return_dict`.
 
         Returns:
             [`EsamBlipImageTextMatchingOutput`]: `itm_score` is `[B_texts, 2]` ITM logits (match probability
             `softmax(-1)[:, 1]`) or `[B_images, B_texts]` ITC cosine similarity (no temperature).
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         blip = self.model.require_blip()
         if input_ids is None or input_ids.numel() == 0:
             raise ValueError(
@@ -537,7 +624,7 @@ class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
             image_feat = blip.get_image_projections(image_embeds)
             text_feat = nn.functional.normalize(blip.text_proj(text_embeds[:, 0]), dim=-1)
             itm_score = image_feat @ text_feat.t()
-        output = EsamBlipImageTextMatchingOutput(
+        return EsamBlipImageTextMatchingOutput(
             loss=loss,
             itm_score=itm_score,
             image_embeds=image_embeds,
@@ -545,7 +632,6 @@ class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
             image_feat=image_feat,
             text_feat=text_feat,
         )
-        return output if return_dict else output.to_tuple()
 
     def compute_gradcam(
         self,
@@ -599,6 +685,7 @@ __all__ = [
     "EsamBlipLearnedTextPrompts",
     "EsamBlipImageTextMatchingOutput",
     "EsamBlipModel",
+    "EsamBlipModelOutput",
     "EsamBlipPreTrainedModel",
     "EsamBlipSegmentationOutput",
 ]

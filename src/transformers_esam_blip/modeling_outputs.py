@@ -1,4 +1,4 @@
-"""Output classes of the promptable-segmentation head, shared by the head and its text-prompt strategies."""
+"""Output classes of the base model and the promptable-segmentation head (shared with its text-prompt strategies)."""
 
 from dataclasses import dataclass
 
@@ -25,6 +25,22 @@ class EsamBlipSegmentationOutput(ModelOutput):
         image_embeddings (`torch.FloatTensor` of shape `[B, C, 64, 64]`): EfficientSAM image embeddings before any
             decoder-side fusion, to reuse for further prompts (with an encoder fusion: the fused encoder's output).
         blip_image_embeds (`torch.FloatTensor` of shape `[B, 1 + g*g, D]`, texts or fusion only): BLIP ViT output.
+        vision_hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states` and
+            `pixel_values`): EfficientSAM ViT embeddings and the output of each block (before an encoder fusion),
+            `num_hidden_layers + 1` tensors of shape `[B, g*g, hidden_size]`.
+        vision_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions` and `pixel_values`): one
+            `[B, heads, g*g, g*g]` per EfficientSAM ViT block.
+        mask_decoder_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions`): the two-way
+            transformer's probabilities in call order, `3 * num_hidden_layers + 1` tensors: per block the token
+            self-attention `[N, heads, T, T]`, token→image `[N, heads, T, g*g]` and image→token `[N, heads, g*g, T]`,
+            then the final token→image `[N, heads, T, g*g]` (`N = B * Q` decoded queries, `T` = 1 IoU + mask tokens +
+            prompt tokens).
+        blip_vision_hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states` when the BLIP
+            ViT runs): its embeddings and the output of each layer, `[B, 1 + g*g, D]` each.
+        blip_vision_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions` when the BLIP ViT
+            runs): one `[B, heads, 1 + g*g, 1 + g*g]` per layer.
+        blip_cross_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions` and texts): the
+            text encoder's cross-attention to the image, one `[T, heads, L, 1 + g*g]` per text layer.
     """
 
     loss: torch.FloatTensor | None = None
@@ -34,6 +50,12 @@ class EsamBlipSegmentationOutput(ModelOutput):
     is_match: torch.BoolTensor | None = None
     image_embeddings: torch.FloatTensor | None = None
     blip_image_embeds: torch.FloatTensor | None = None
+    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    vision_attentions: tuple[torch.FloatTensor, ...] | None = None
+    mask_decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    blip_vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    blip_vision_attentions: tuple[torch.FloatTensor, ...] | None = None
+    blip_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -61,4 +83,26 @@ class EsamBlipGradCamSegmentationOutput(EsamBlipSegmentationOutput):
     gradcams: torch.FloatTensor | None = None
 
 
-__all__ = ["EsamBlipGradCamSegmentationOutput", "EsamBlipSegmentationOutput"]
+@dataclass
+class EsamBlipModelOutput(ModelOutput):
+    r"""
+    Output of [`EsamBlipModel`]: the image encodings of whichever halves ran.
+
+    Args:
+        image_embeddings (`torch.FloatTensor` of shape `[B, C, g, g]`, with `pixel_values`): EfficientSAM image
+            embeddings.
+        blip_image_embeds (`torch.FloatTensor` of shape `[B, 1 + g'*g', D]`, with `blip_pixel_values`): BLIP ViT
+            output after its final norm.
+        vision_hidden_states, vision_attentions (*optional*): as in [`EsamBlipSegmentationOutput`].
+        blip_vision_hidden_states, blip_vision_attentions (*optional*): as in [`EsamBlipSegmentationOutput`].
+    """
+
+    image_embeddings: torch.FloatTensor | None = None
+    blip_image_embeds: torch.FloatTensor | None = None
+    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    vision_attentions: tuple[torch.FloatTensor, ...] | None = None
+    blip_vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    blip_vision_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+__all__ = ["EsamBlipGradCamSegmentationOutput", "EsamBlipModelOutput", "EsamBlipSegmentationOutput"]

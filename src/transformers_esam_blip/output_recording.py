@@ -1,7 +1,7 @@
 """Attentions and hidden states collected by forward hooks, declared as `transformers`' `_can_record_outputs`."""
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import fields
 from functools import partial, wraps
@@ -47,25 +47,18 @@ def _record(module: nn.Module, args: tuple, output, key: str, spec: OutputRecord
         values.append(value)
 
 
-def _modules_with_specs(
-    module: nn.Module, name: str, specs: list[tuple[str, OutputRecorder]]
-) -> Iterator[tuple[nn.Module, str, list[tuple[str, OutputRecorder]]]]:
-    """Every submodule with the recorder specs that govern it: a nested `PreTrainedModel` brings its own."""
-    yield module, name, specs
-    for child_name, child in module.named_children():
-        child_specs = _recorder_specs(child) if isinstance(child, PreTrainedModel) else specs
-        yield from _modules_with_specs(child, f"{name}.{child_name}", child_specs)
-
-
 def _install_hooks(model: PreTrainedModel) -> None:
+    # The model's own declarations reach into nested `PreTrainedModel`s too (BLIP's ViT and text encoder), so that one
+    # forward's recorder sees every sub-model it runs, whatever those sub-models record for themselves.
     with _INSTALL_LOCK:
         if getattr(model, "_esam_blip_recording_hooks", False):
             return
-        for module, name, specs in _modules_with_specs(model, "", _recorder_specs(model)):
+        specs = _recorder_specs(model)
+        for name, module in model.named_modules():
             for key, spec in specs:
                 if not isinstance(module, spec.target_class):
                     continue
-                if spec.layer_name is not None and f".{spec.layer_name.strip('.')}." not in f"{name}.":
+                if spec.layer_name is not None and f".{spec.layer_name.strip('.')}." not in f".{name}.":
                     continue
                 module.register_forward_hook(partial(_record, key=key, spec=spec))
         model._esam_blip_recording_hooks = True

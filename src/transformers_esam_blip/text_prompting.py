@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .prompts import PADDING_COORDINATE, PromptLabel
+
 
 def _check_heatmap(heatmap: Tensor, name: str = "heatmap") -> None:
     if not isinstance(heatmap, Tensor) or heatmap.dim() != 3 or heatmap.shape[-1] != heatmap.shape[-2]:
@@ -105,15 +107,16 @@ def heatmap_to_prompts(
     """
     grid = heatmap.shape[-1]
     cells, valid = select_salient_cells(heatmap, num_points, min_distance, threshold)
-    labels = valid.long()
+    labels = valid.long() * int(PromptLabel.FOREGROUND)
     if num_background_points:
         background, background_valid = select_background_cells(heatmap, num_background_points, min_distance)
         cells = torch.cat([cells, background], dim=1)
         valid = torch.cat([valid, background_valid], dim=1)
-        labels = torch.cat([labels, torch.zeros_like(background_valid, dtype=torch.long)], dim=1)
+        background_labels = torch.full_like(background_valid, int(PromptLabel.BACKGROUND), dtype=torch.long)
+        labels = torch.cat([labels, background_labels], dim=1)
     points = cells_to_points(cells, grid, frame_size)
-    points = points.masked_fill(~valid[..., None], -1.0)
-    labels = labels.masked_fill(~valid, -1)
+    points = points.masked_fill(~valid[..., None], PADDING_COORDINATE)
+    labels = labels.masked_fill(~valid, int(PromptLabel.PADDING))
     return points, labels
 
 
