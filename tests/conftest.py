@@ -8,7 +8,8 @@ import torch
 from transformers_esam_blip import EsamBlipConfig
 from transformers_esam_blip.training import tiny_sam_config_kwargs
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+# Reference outputs of the original implementations, copied from the project's shared fixtures (see its README).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EFFICIENTSAM_FIXTURE = FIXTURES / "efficientsam" / "visible_vits_d1"
 LAVIS_FIXTURE = FIXTURES / "lavis_blip_itm" / "fixture_C"
 

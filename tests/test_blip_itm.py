@@ -20,7 +20,7 @@ from transformers_esam_blip.gradcam import gradcam_from_cross_attention, pnp_vqa
 from transformers_esam_blip.modeling_blip_itm import EsamBlipImageTextModule
 from transformers_esam_blip.modeling_esam_blip import EsamBlipForImageTextMatching
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_C = FIXTURES / "lavis_blip_itm" / "fixture_C"
 needs_fixture = pytest.mark.skipif(
     not (FIXTURE_C / "checkpoint.pth").is_file(),

@@ -26,7 +26,7 @@ from transformers_esam_blip.mask_generation_utils import (
 )
 from transformers_esam_blip.prompts import PADDING_COORDINATE, PromptLabel
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EFFICIENTSAM_FIXTURE = FIXTURES / "efficientsam" / "visible_vits_d1"
 needs_efficientsam_fixture = pytest.mark.skipif(
     not (EFFICIENTSAM_FIXTURE / "reference_outputs.safetensors").is_file(),

@@ -2,8 +2,9 @@
 
 import copy
 import inspect
-from dataclasses import dataclass, field
+import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -74,9 +75,10 @@ class EsamBlipModelTester:
     # Parameters that get no (or only zero) gradient from the training loss, by design (a name prefix each).
     unused_parameters: tuple[str, ...] = ()
     training_labels: Callable[[int], dict[str, torch.Tensor]] | None = None
+    no_training_reason: str = ""
     uses_sam: bool = True
     uses_blip: bool = False
-    exportable: bool = False
+    export_skip_reason: str | None = "torch.export is promised for the point/box segmentation path only"
     extra: dict = field(default_factory=dict)
 
     def get_config(self) -> EsamBlipConfig:
@@ -108,7 +110,7 @@ TESTERS = [
         # Multimask output reads mask tokens 1..3: the single-mask token's hypernetwork MLP is not used.
         unused_parameters=("model.sam.mask_decoder.output_hypernetworks_mlps.0.",),
         training_labels=_segmentation_labels,
-        exportable=True,
+        export_skip_reason=None,
     ),
     EsamBlipModelTester(
         name="segmentation_boxes",
@@ -118,7 +120,7 @@ TESTERS = [
         prediction_fields=("iou_scores", "pred_masks", "image_embeddings"),
         unused_parameters=("model.sam.mask_decoder.output_hypernetworks_mlps.0.",),
         training_labels=_segmentation_labels,
-        exportable=True,
+        export_skip_reason=None,
     ),
     EsamBlipModelTester(
         name="joint_base",
@@ -126,6 +128,7 @@ TESTERS = [
         config_kwargs=BLIP_CONFIG,
         make_inputs=lambda n: {"pixel_values": torch.randn(n, 3, 64, 64), "blip_pixel_values": torch.randn(n, 3, 32, 32)},
         prediction_fields=("image_embeddings", "blip_image_embeds"),
+        no_training_reason="the base model has no loss",
         uses_blip=True,
     ),
     EsamBlipModelTester(
@@ -164,6 +167,20 @@ TESTERS = [
         uses_blip=True,
         extra={"text_prompt_mode": "learned"},
     ),
+    EsamBlipModelTester(
+        name="gradcam_text",
+        model_class=EsamBlipForPromptableSegmentation,
+        config_kwargs=BLIP_CONFIG,
+        make_inputs=lambda n: {
+            "pixel_values": torch.randn(n, 3, 64, 64),
+            "blip_pixel_values": torch.randn(n, 3, 32, 32),
+            **_texts(n),
+        },
+        prediction_fields=("iou_scores", "pred_masks", "itm_probability", "heatmap", "prompt_points"),
+        no_training_reason="zero-shot Grad-CAM prompts train nothing of BLIP; the mask loss is the points' path",
+        uses_blip=True,
+        extra={"text_prompt_mode": "gradcam"},
+    ),
 ]
 
 
@@ -195,7 +212,7 @@ def test_config_round_trips(tester, tmp_path):
     config = tester.get_config()
     from_dict = EsamBlipConfig.from_dict(config.to_dict())
     assert from_dict.to_dict() == config.to_dict()
-    from_json = EsamBlipConfig.from_dict(__import__("json").loads(config.to_json_string()))
+    from_json = EsamBlipConfig.from_dict(json.loads(config.to_json_string()))
     assert from_json.to_json_string() == config.to_json_string()
     config.save_pretrained(tmp_path)
     reloaded = EsamBlipConfig.from_pretrained(tmp_path)
@@ -361,7 +378,7 @@ def _grads(model) -> dict[str, torch.Tensor | None]:
 
 def test_training_step_reaches_every_trainable_parameter(tester):
     if tester.training_labels is None:
-        pytest.skip("the base model has no loss")
+        pytest.skip(tester.no_training_reason)
     model, inputs = tester.build()
     model.train()
     loss = _training_loss(model, inputs, tester.training_labels(inputs[next(iter(inputs))].shape[0]))
@@ -385,7 +402,7 @@ def test_training_step_reaches_every_trainable_parameter(tester):
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers 5 renames gradient_checkpointing_enable
 def test_gradient_checkpointing_gives_identical_gradients(tester, use_reentrant):
     if tester.training_labels is None:
-        pytest.skip("the base model has no loss")
+        pytest.skip(tester.no_training_reason)
     model, inputs = tester.build()
     model.train()
     labels = tester.training_labels(inputs[next(iter(inputs))].shape[0])
@@ -403,7 +420,7 @@ def test_gradient_checkpointing_gives_identical_gradients(tester, use_reentrant)
         if reference[name] is None:
             assert grad is None, name
         else:
-            torch.testing.assert_close(grad, reference[name], rtol=0, atol=1e-6, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(grad, reference[name], rtol=0, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
     model.gradient_checkpointing_disable()
     assert not model.is_gradient_checkpointing
 
@@ -445,10 +462,9 @@ def test_resize_token_embeddings(tester):
 # Export ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_torch_export(tester):
-    if not tester.exportable:
-        pytest.skip("torch.export covers the point/box path only (text prompts run Grad-CAM or BLIP in Python)")
+    if tester.export_skip_reason:
+        pytest.skip(tester.export_skip_reason)
     model, inputs = tester.build()
     exported = torch.export.export(model, args=(), kwargs=inputs)
     expected = _run(model, inputs)

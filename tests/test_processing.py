@@ -16,7 +16,7 @@ from transformers_esam_blip.configuration_esam_blip import EsamBlipConfig
 from transformers_esam_blip.image_processing_esam_blip import EsamBlipImageProcessor
 from transformers_esam_blip.processing_esam_blip import EsamBlipProcessor, build_blip_tokenizer, pre_caption
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_C = FIXTURES / "lavis_blip_itm" / "fixture_C"
 needs_lavis_fixture = pytest.mark.skipif(
     not (FIXTURE_C / "tokenizer" / "vocab.txt").is_file(),
@@ -287,6 +287,7 @@ def test_segmentation_only_processor_saves_and_loads_without_tokenizer(tmp_path:
         assert loaded.model_input_names == EsamBlipImageProcessor.model_input_names
 
 
+@pytest.mark.slow
 def test_saved_processors_load_as_remote_code_without_the_package(processor: EsamBlipProcessor, tmp_path: Path) -> None:
     processor.save_pretrained(tmp_path / "full")
     EsamBlipProcessor(EsamBlipImageProcessor(sam_image_size=32)).save_pretrained(tmp_path / "segmentation")

@@ -26,9 +26,15 @@ from .modeling_esam_blip import (
     EsamBlipForPromptableSegmentation,
     EsamBlipModel,
     EsamBlipPreTrainedModel,
-    EsamBlipSegmentationOutput,
 )
+from .modeling_outputs import EsamBlipGradCamSegmentationOutput, EsamBlipModelOutput, EsamBlipSegmentationOutput
 from .processing_esam_blip import EsamBlipProcessor
+from .prompts import PromptLabel
+from .text_prompt_strategies import (
+    EsamBlipTextPromptStrategy,
+    register_text_prompt_strategy,
+    text_prompt_mode_choices,
+)
 
 __version__ = "0.1.0"
 
@@ -53,11 +59,17 @@ __all__ = [
     "EsamBlipConfig",
     "EsamBlipForImageTextMatching",
     "EsamBlipForPromptableSegmentation",
+    "EsamBlipGradCamSegmentationOutput",
     "EsamBlipImageProcessor",
     "EsamBlipModel",
+    "EsamBlipModelOutput",
     "EsamBlipPreTrainedModel",
     "EsamBlipProcessor",
     "EsamBlipSegmentationOutput",
+    "EsamBlipTextPromptStrategy",
+    "PromptLabel",
     "__version__",
     "builtin_model_path",
+    "register_text_prompt_strategy",
+    "text_prompt_mode_choices",
 ]

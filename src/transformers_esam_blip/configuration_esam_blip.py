@@ -159,6 +159,13 @@ _SUB_CONFIG_CLASSES: dict[str, type[PreTrainedConfig]] = {
 }
 
 
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_esam_blip.EsamBlipConfig",
+    "AutoModel": "modeling_esam_blip.EsamBlipModel",
+    "AutoModelForMaskGeneration": "modeling_esam_blip.EsamBlipForPromptableSegmentation",
+}
+
+
 class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
     r"""
     Composite configuration of [`EsamBlipModel`]. Either half may be absent: a segmentation-only checkpoint has no
@@ -294,6 +301,9 @@ class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
         if self.text_config is not None:
             self.text_config.encoder_hidden_size = self.vision_config.hidden_size
         super().__post_init__(**kwargs)
+        # A model's `save_pretrained` adds only its own class to `auto_map`; carrying every entry lets any saved
+        # checkpoint load through each Auto class with `trust_remote_code=True`.
+        self.auto_map = {**REMOTE_CODE_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
         self._check_consistency()
         self.check_training_settings()
 

@@ -73,9 +73,10 @@ def record_outputs(forward: Callable) -> Callable:
     here every field whose name ends in `attentions` follows `output_attentions` and every field ending in
     `hidden_states` follows `output_hidden_states` (the forward's keywords, defaulting to the config's), so a joint
     model answers the two usual flags. A `*hidden_states` field starts with the input of its first recorded layer
-    (the embeddings), as `transformers` does. The forward receives both flags resolved to `bool`, to hand them to
-    sub-models that return their own attentions (BLIP). A field stays `None` when its modules did not run (no
-    EfficientSAM ViT for cached `image_embeddings`). Hooks are installed once, on the first recording call.
+    (the embeddings), as `transformers` does, and holds every pass of those layers in call order. The hooks also
+    reach into nested `PreTrainedModel`s (BLIP), so the forward need not pass the flags on; it receives them resolved
+    to `bool`. A field stays `None` when its modules did not run (no EfficientSAM ViT for cached `image_embeddings`).
+    Hooks are installed once, on the first recording call.
 
     The forward must return its `ModelOutput` dataclass: put `can_return_tuple` outside this decorator.
     """
