@@ -1,4 +1,4 @@
-"""Shared test helpers: tiny configs, the reference fixtures folder, and the `slow` marker."""
+"""Shared test helpers: tiny configs and the reference fixtures folder (the `slow` marker is in pyproject.toml)."""
 
 from pathlib import Path
 
@@ -14,9 +14,6 @@ EFFICIENTSAM_FIXTURE = FIXTURES / "efficientsam" / "visible_vits_d1"
 LAVIS_FIXTURE = FIXTURES / "lavis_blip_itm" / "fixture_C"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: end-to-end checks that take more than a few seconds (still run in CI)")
-
 
 def tiny_sam_config(**overrides) -> EsamBlipConfig:
     return EsamBlipConfig(**tiny_sam_config_kwargs(), **overrides)
@@ -24,8 +21,6 @@ def tiny_sam_config(**overrides) -> EsamBlipConfig:
 
 @pytest.fixture
 def efficientsam_fixture() -> Path:
-    if not (EFFICIENTSAM_FIXTURE / "efficient_sam_original_format.pt").is_file():
-        pytest.skip(f"reference fixture not found at {EFFICIENTSAM_FIXTURE}")
     return EFFICIENTSAM_FIXTURE
 
 
@@ -40,8 +35,6 @@ def joint_checkpoint(tmp_path_factory) -> Path:
     from transformers_esam_blip.conversion.checkpoint import convert_checkpoint
 
     sources = (EFFICIENTSAM_FIXTURE / "efficient_sam_original_format.pt", LAVIS_FIXTURE / "checkpoint.pth")
-    if not all(path.is_file() for path in sources):
-        pytest.skip(f"reference fixtures not found under {FIXTURES}")
     output = tmp_path_factory.mktemp("joint") / "esam-blip"
     convert_checkpoint(
         output,

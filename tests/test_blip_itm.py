@@ -22,10 +22,6 @@ from transformers_esam_blip.modeling_esam_blip import EsamBlipForImageTextMatchi
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_C = FIXTURES / "lavis_blip_itm" / "fixture_C"
-needs_fixture = pytest.mark.skipif(
-    not (FIXTURE_C / "checkpoint.pth").is_file(),
-    reason=f"LAVIS BLIP ITM fixture not found at {FIXTURE_C} (the shared fixtures live next to the repository)",
-)
 
 
 def _fixture_kwargs(state_dict: dict[str, torch.Tensor]) -> dict:
@@ -65,7 +61,6 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
 
 
-@needs_fixture
 def test_fixture_loads_as_lavis_and_reports_ignored_keys(lavis):
     assert lavis["kind"] == "lavis"
     assert lavis["ignored"] == ["text_encoder.embeddings.position_ids"]
@@ -75,7 +70,6 @@ def test_fixture_loads_as_lavis_and_reports_ignored_keys(lavis):
     assert lavis["module"].grid_size == 7
 
 
-@needs_fixture
 def test_fixture_itm_logits_and_prob(lavis):
     outputs, module = lavis["outputs"], lavis["module"]
     with torch.no_grad():
@@ -84,7 +78,6 @@ def test_fixture_itm_logits_and_prob(lavis):
     assert _max_abs(logits.softmax(dim=-1)[:, 1], outputs["itm_prob"]) <= 2e-5
 
 
-@needs_fixture
 def test_fixture_itc_similarity(lavis):
     outputs, module = lavis["outputs"], lavis["module"]
     with torch.no_grad():
@@ -93,7 +86,6 @@ def test_fixture_itc_similarity(lavis):
     assert _max_abs(sim, outputs["itc_sim"]) <= 2e-5
 
 
-@needs_fixture
 def test_fixture_gradcam_under_no_grad_leaves_no_grad(lavis):
     outputs, module = lavis["outputs"], lavis["module"]
     with torch.no_grad():
@@ -107,7 +99,6 @@ def test_fixture_gradcam_under_no_grad_leaves_no_grad(lavis):
     assert all(parameter.grad is None for parameter in module.parameters())
 
 
-@needs_fixture
 def test_fixture_gradcam_default_block_inference_mode_and_frozen_parameters(lavis):
     outputs, module = lavis["outputs"], lavis["module"]
     module.requires_grad_(False)
@@ -122,7 +113,6 @@ def test_fixture_gradcam_default_block_inference_mode_and_frozen_parameters(lavi
     assert _max_abs(gradcam, outputs["gradcam_stacked"]) <= 5e-6
 
 
-@needs_fixture
 def test_batched_equals_one_by_one_and_padding_does_not_leak(lavis):
     outputs, module = lavis["outputs"], lavis["module"]
     input_ids, attention_mask = outputs["itm_input_ids"], outputs["itm_attention_mask"]
@@ -140,7 +130,6 @@ def test_batched_equals_one_by_one_and_padding_does_not_leak(lavis):
             assert not batched_cam[row, length + 1 :].any()  # padded token rows are zeroed by the mask
 
 
-@needs_fixture
 def test_model_class_itm_itc_loss_broadcast_and_gradcam(lavis):
     outputs, images = lavis["outputs"], lavis["inputs"]["images"]
     model = EsamBlipForImageTextMatching(lavis["config"]).eval()
@@ -180,7 +169,6 @@ def test_model_class_itm_itc_loss_broadcast_and_gradcam(lavis):
     assert all(parameter.grad is None for parameter in model.parameters())
 
 
-@needs_fixture
 def test_model_class_input_errors(lavis):
     model = EsamBlipForImageTextMatching(lavis["config"]).eval()
     outputs, images = lavis["outputs"], lavis["inputs"]["images"]
@@ -222,7 +210,6 @@ def test_model_class_without_blip_half_raises():
         EsamBlipImageTextModule(config)
 
 
-@needs_fixture
 def test_gradcam_and_enc_token_errors(lavis):
     outputs, module = lavis["outputs"], lavis["module"]
     ids, mask = outputs["itm_input_ids"], outputs["itm_attention_mask"]
@@ -242,7 +229,6 @@ def test_gradcam_and_enc_token_errors(lavis):
         no_enc.compute_gradcam(ids, mask, lavis["pair_embeds"])
 
 
-@needs_fixture
 def test_conversion_errors(lavis):
     state_dict = lavis["state_dict"]
     with pytest.raises(ValueError, match="width 96 is not a multiple of 64.*`vision_heads`"):
@@ -264,7 +250,6 @@ def test_conversion_errors(lavis):
         convert_blip_state_dict({**state_dict, "temp": torch.tensor(0.07)}, "lavis")
 
 
-@needs_fixture
 def test_load_blip_source_sets_aside_momentum_and_queues(lavis, tmp_path):
     state_dict = dict(lavis["state_dict"])
     extra = {
@@ -378,10 +363,6 @@ def test_gradcam_rows_follow_lavis_layout():
         gradcam_from_cross_attention(probs, grads, mask, grid_size=3)
 
 
-@pytest.mark.skipif(
-    not (FIXTURES / "lavis_blip_itm" / "original_keys_blip_itm_base.json").is_file(),
-    reason="key list of the real BLIP-base ITM checkpoint not found in the shared fixtures",
-)
 def test_real_blip_base_key_list_converts():
     listing = json.loads((FIXTURES / "lavis_blip_itm" / "original_keys_blip_itm_base.json").read_text())
     state_dict = {key: torch.empty(shape, device="meta") for key, shape in listing["keys"].items()}

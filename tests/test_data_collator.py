@@ -16,8 +16,6 @@ TOKENIZER = FIXTURES / "lavis_blip_itm" / "fixture_C" / "tokenizer"
 
 @pytest.fixture
 def processor() -> EsamBlipProcessor:
-    if not (TOKENIZER / "vocab.txt").is_file():
-        pytest.skip(f"BLIP tokenizer fixture not found at {TOKENIZER}")
     image_processor = EsamBlipImageProcessor(sam_image_size=64, blip_image_size=32)
     return EsamBlipProcessor(image_processor, tokenizer=build_blip_tokenizer(TOKENIZER))
 

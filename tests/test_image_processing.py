@@ -28,10 +28,6 @@ from transformers_esam_blip.prompts import PADDING_COORDINATE, PromptLabel
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EFFICIENTSAM_FIXTURE = FIXTURES / "efficientsam" / "visible_vits_d1"
-needs_efficientsam_fixture = pytest.mark.skipif(
-    not (EFFICIENTSAM_FIXTURE / "reference_outputs.safetensors").is_file(),
-    reason=f"EfficientSAM reference fixture not found at {EFFICIENTSAM_FIXTURE}",
-)
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -68,7 +64,6 @@ def test_sam_pixels_match_efficientsam_preprocess() -> None:
     assert out["original_sizes"].dtype == torch.int64
 
 
-@needs_efficientsam_fixture
 def test_sam_pixels_on_fixture_image() -> None:
     image = PIL.Image.open(EFFICIENTSAM_FIXTURE / "image.png").convert("RGB")
     out = EsamBlipImageProcessor()(image)
@@ -258,7 +253,6 @@ def test_points_and_boxes_are_rescaled_per_axis() -> None:
     assert out["input_labels"].tolist() == [[[1]], [[1]]]
 
 
-@needs_efficientsam_fixture
 def test_prompts_match_efficientsam_rescaling() -> None:
     from safetensors.torch import load_file
 
@@ -420,7 +414,6 @@ def test_post_process_masks_is_one_bicubic_resize_then_threshold() -> None:
         assert torch.equal(shifted[i], expected > 0.3)
 
 
-@needs_efficientsam_fixture
 def test_post_process_masks_reproduces_the_original_full_resolution_masks() -> None:
     from safetensors.torch import load_file
 

@@ -401,7 +401,7 @@ def run_itm(args: argparse.Namespace) -> dict[str, Any]:
     processor = EsamBlipProcessor.from_pretrained(args.model)
     inputs = processor(images=image, text=args.text, return_tensors="pt").to(device=device, dtype=model.dtype)
     with torch.inference_mode():
-        image_embeds = model.get_image_features(inputs["blip_pixel_values"])
+        image_embeds = model.get_image_features(inputs["blip_pixel_values"]).last_hidden_state
         # A checkpoint with `itm_fusion` matches with the EfficientSAM features too.
         sam_embeddings = model.model.get_image_embeddings(inputs["pixel_values"]) if config.itm_fusion else None
         texts = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
