@@ -219,7 +219,7 @@ def test_gradcam_and_enc_token_errors(lavis):
         module.compute_gradcam(ids, mask, lavis["pair_embeds"], block_num=-1)
     with pytest.raises(ValueError, match="2 images but `input_ids` has 6 texts"):
         module.itm_logits(ids, mask, lavis["image_embeds"])
-    with pytest.raises(ValueError, match="50 image tokens"):
+    with pytest.raises(ValueError, match=r"`image_embeds` must have shape \[batch, 50, 96\]"):
         module.compute_gradcam(ids, mask, lavis["pair_embeds"][:, :-1])
     kwargs = {**_fixture_kwargs(lavis["state_dict"]), "enc_token_id": None}
     no_enc = EsamBlipImageTextModule(EsamBlipConfig(**kwargs)).eval()

@@ -2,6 +2,7 @@
 
 import math
 import numbers
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any, TypedDict
@@ -20,16 +21,23 @@ from transformers.image_utils import (
     ChannelDimension,
 )
 from transformers.processing_utils import Unpack
-from transformers.utils import TensorType
+from transformers.utils import TensorType, logging
 
 from .builtin import BuiltinNamesMixin
 from .mask_generation_utils import (
+    RLE,
+    DeferredMaskLogits,
     build_point_grid,
     compute_crop_boxes,
     deduplicate_masks,
     filter_crop_masks,
+    grid_points_per_layer,
+    no_mask_hint,
+    upsample_mask_logits,
 )
 from .prompts import PADDING_COORDINATE, VALID_LABELS, PromptLabel, rescale_coordinates
+
+logger = logging.get_logger(__name__)
 
 ImageLike = PIL.Image.Image | np.ndarray | torch.Tensor
 SizeLike = torch.Tensor | np.ndarray | Sequence[Sequence[int]]
@@ -99,6 +107,19 @@ class EsamBlipImageProcessorKwargs(_PixelSettings, total=False):
 
 _FLAGS = ("do_resize", "do_rescale", "do_normalize")
 _CHANNEL_STATS = ("image_mean", "image_std", "blip_image_mean", "blip_image_std")
+
+
+def _called_by_mask_generation_pipeline(frame: Any) -> bool:
+    """
+    Whether `frame` is `transformers`' `MaskGenerationPipeline._forward`. That method upsamples every mask with
+    `post_process_masks` before `filter_masks` sees the thresholds; recognising it lets the upsampling wait until
+    the filters have run, without changing the pipeline (a subclass that overrides `_forward` gets upsampled logits).
+    """
+    return (
+        frame is not None
+        and frame.f_code.co_name == "_forward"
+        and frame.f_globals.get("__name__") == "transformers.pipelines.mask_generation"
+    )
 
 
 def _is_number(value: Any) -> bool:
@@ -723,21 +744,18 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
                     f"`masks[{i}]` must be a torch tensor or a numpy array of logits, got {type(image_masks).__name__}."
                 )
         original_sizes = _sizes_per_entry(original_sizes, len(masks), "masks")
+        defer = not binarize and _called_by_mask_generation_pipeline(sys._getframe(1))
         outputs = []
-        for image_masks, (height, width) in zip(masks, original_sizes, strict=True):
+        for image_masks, size in zip(masks, original_sizes, strict=True):
             image_masks = torch.as_tensor(image_masks)
             if image_masks.ndim < 2:
                 raise ValueError(
                     f"Each image's masks must be at least 2-D (..., h, w), got shape {tuple(image_masks.shape)}."
                 )
-            leading, low_res = image_masks.shape[:-2], image_masks.shape[-2:]
-            # Bicubic upsampling has no half-precision CPU kernel; logits are upsampled in float32.
-            logits = F.interpolate(
-                image_masks.float().reshape(1, -1, *low_res),
-                size=(int(height), int(width)),
-                mode="bicubic",
-                align_corners=False,
-            ).reshape(*leading, int(height), int(width))
+            if defer:
+                outputs.append(DeferredMaskLogits(image_masks, size))
+                continue
+            logits = upsample_mask_logits(image_masks, size)
             outputs.append(logits > mask_threshold if binarize else logits)
         return outputs
 
@@ -796,6 +814,10 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
             crop_n_points_downscale_factor (`int`, defaults to 1): per-layer divisor of the points per side.
             device: device of the returned tensors (CPU by default).
 
+        Raises:
+            `ValueError`: a layer's grid would have no point, or the grid more than
+            [`~mask_generation_utils.MAX_GRID_POINTS`] points (checked before anything is allocated).
+
         Returns:
             `(crop_boxes, points, cropped_images, input_labels)`:
             - `crop_boxes` `[C, 4]` float32 `[x0, y0, x1, y1]` in original pixels (x1, y1 exclusive);
@@ -807,19 +829,13 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         """
         if not isinstance(target_size, int) or target_size < 1:
             raise ValueError(f"`target_size` must be a positive int, got {target_size!r}.")
-        if crop_n_layers < 0:
-            raise ValueError(f"`crop_n_layers` must be >= 0, got {crop_n_layers}.")
         if not 0 <= overlap_ratio < 1:
             raise ValueError(f"`overlap_ratio` must lie in [0, 1), got {overlap_ratio}.")
-        if crop_n_points_downscale_factor < 1:
-            raise ValueError(f"`crop_n_points_downscale_factor` must be >= 1, got {crop_n_points_downscale_factor}.")
+        points_per_layer = grid_points_per_layer(points_per_crop, crop_n_layers, crop_n_points_downscale_factor)
         pixels = self._to_rgb_tensor(image, "image", input_data_format)
         height, width = pixels.shape[-2:]
         boxes, layers = compute_crop_boxes(height, width, crop_n_layers, overlap_ratio)
-        grids = [
-            build_point_grid(int(points_per_crop / crop_n_points_downscale_factor**layer))
-            for layer in range(crop_n_layers + 1)
-        ]
+        grids = [build_point_grid(points_per_side) for points_per_side in points_per_layer]
         num_points = max(len(grid) for grid in grids)
         cropped_images, crop_points = [], []
         for (left, top, right, bottom), layer in zip(boxes, layers, strict=True):
@@ -840,7 +856,7 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
 
     def filter_masks(
         self,
-        masks: torch.Tensor,
+        masks: torch.Tensor | DeferredMaskLogits,
         iou_scores: torch.Tensor,
         original_size: Sequence[int] | torch.Tensor,
         cropped_box_image: Sequence[int] | torch.Tensor,
@@ -848,20 +864,28 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         stability_score_thresh: float = 0.95,
         mask_threshold: float = 0.0,
         stability_score_offset: float = 1.0,
-    ) -> tuple[list[dict[str, list[int]]], torch.Tensor, torch.Tensor]:
+    ) -> tuple[list[RLE], torch.Tensor, torch.Tensor]:
         """
         Keep the masks of one crop with predicted IoU above `pred_iou_thresh`, stability score above
-        `stability_score_thresh`, and not cut by the crop's edge; see
-        [`~mask_generation_utils.filter_crop_masks`].
+        `stability_score_thresh` (each test off at 0), and not cut by the crop's edge; see
+        [`~mask_generation_utils.filter_crop_masks`]. Inside `pipeline("mask-generation")` the masks arrive at low
+        resolution and only those that pass the filters are upsampled.
 
         Args:
-            masks (`torch.Tensor` of shape `(Q, M, h_c, w_c)`): logits at the crop's resolution.
+            masks (`torch.Tensor` of shape `(Q, M, h_c, w_c)`, or `DeferredMaskLogits`): logits at the crop's
+                resolution, or low-resolution logits with the crop's size.
             iou_scores (`torch.Tensor` of shape `(Q, M)`).
             original_size: `(H, W)` of the whole image.
             cropped_box_image: `[x0, y0, x1, y1]` of the crop.
+            pred_iou_thresh, stability_score_thresh (`float` in [0, 1]): the filters' thresholds.
+            mask_threshold (`float`), stability_score_offset (`float` >= 0): finite.
 
         Returns:
-            `(rles, scores [K], boxes [K, 4] int64)` with the masks as RLEs of the whole image.
+            `(rles, scores [K], boxes [K, 4] int64)` with the masks as RLEs of the whole image (int64 tensor counts).
+
+        Raises:
+            `ValueError`: a threshold is NaN or out of range (naming it), or `original_size` holds several sizes
+            (the pipeline called with `batch_size > 1`).
         """
         return filter_crop_masks(
             masks,
@@ -876,19 +900,23 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
 
     def post_process_for_mask_generation(
         self,
-        all_masks: list[dict[str, list[int]]],
+        all_masks: list[RLE],
         all_scores: torch.Tensor,
         all_boxes: torch.Tensor,
         crops_nms_thresh: float = 0.7,
-    ) -> tuple[list[torch.Tensor], torch.Tensor, list[dict[str, list[int]]], torch.Tensor]:
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[RLE], torch.Tensor]:
         """
-        Box NMS over all crops' masks; see [`~mask_generation_utils.deduplicate_masks`].
+        Box NMS over all crops' masks; see [`~mask_generation_utils.deduplicate_masks`]. Logs a warning naming the
+        thresholds to lower when no mask passed the filters.
 
         Returns:
-            `(masks, scores, rles, boxes)`: kept masks as bool `[H, W]` tensors, scores `[K]`, their RLEs and boxes
-            `[K, 4]`.
+            `(masks, scores, rles, boxes)`: kept masks as bool `[H, W]` tensors, scores `[K]`, their RLEs (counts as
+            lists of ints) and boxes `[K, 4]`.
         """
-        return deduplicate_masks(all_masks, all_scores, all_boxes, crops_nms_thresh)
+        result = deduplicate_masks(all_masks, all_scores, all_boxes, crops_nms_thresh)
+        if not all_masks:
+            logger.warning(no_mask_hint())
+        return result
 
 
 __all__ = ["EsamBlipImageProcessor"]

@@ -17,6 +17,7 @@ from transformers.utils import ModelOutput
 from .configuration_esam_blip import EsamBlipConfig
 from .gradcam import gradcam_from_cross_attention
 from .output_recording import OutputRecorder
+from .prompts import check_image_tensor, check_token_ids, is_tracing
 
 # Entries of `_can_record_outputs` (output field → recorded module) for the models holding an `EsamBlipImageTextModule`:
 # every pass of the BLIP ViT and of the text encoder in one forward, in call order.
@@ -183,13 +184,14 @@ class EsamBlipImageTextModule(nn.Module):
             `last_hidden_state` (before the final norm); `attentions`, one `(batch_size, num_heads, 1 + num_patches,
             1 + num_patches)` per layer.
         """
-        if not isinstance(blip_pixel_values, Tensor) or blip_pixel_values.dim() != 4:
-            raise ValueError(
-                "`blip_pixel_values` must be a tensor of shape (batch_size, 3, height, width), got "
-                f"{getattr(blip_pixel_values, 'shape', type(blip_pixel_values))}."
+        if not is_tracing():
+            vision = self.config.vision_config
+            side = _as_side(vision.image_size, "image_size")
+            check_image_tensor(
+                "blip_pixel_values", blip_pixel_values, (3, side, side), "use EsamBlipImageProcessor"
             )
         outputs = self.vision_model(
-            pixel_values=blip_pixel_values,
+            pixel_values=blip_pixel_values.to(self.vision_proj.weight.dtype),
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
@@ -461,8 +463,7 @@ class EsamBlipImageTextModule(nn.Module):
                 "`input_ids` must be a tensor of shape (batch_size, text_length), got "
                 f"{getattr(input_ids, 'shape', type(input_ids))}."
             )
-        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex:
-            raise TypeError(f"`input_ids` must hold integer token ids, got dtype {input_ids.dtype}.")
+        check_token_ids(input_ids, self.config.text_config.vocab_size)
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise ValueError(f"`input_ids` must hold at least one token per text, got shape {tuple(input_ids.shape)}.")
         max_length = self.config.text_config.max_position_embeddings
@@ -480,12 +481,8 @@ class EsamBlipImageTextModule(nn.Module):
         return attention_mask
 
     def _check_image_embeds(self, image_embeds: Tensor) -> None:
-        width = self.config.vision_config.hidden_size
-        if not isinstance(image_embeds, Tensor) or image_embeds.dim() != 3 or image_embeds.shape[-1] != width:
-            raise ValueError(
-                f"`image_embeds` must be a tensor of shape (num_images, num_image_tokens, {width}), got "
-                f"{getattr(image_embeds, 'shape', type(image_embeds))}."
-            )
+        shape = (self.num_image_tokens, self.config.vision_config.hidden_size)
+        check_image_tensor("image_embeds", image_embeds, shape, "the BLIP ViT output, `get_image_features`")
 
     def _check_pairs(self, input_ids: Tensor, image_embeds: Tensor) -> None:
         self._check_image_embeds(image_embeds)

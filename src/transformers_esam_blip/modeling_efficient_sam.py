@@ -18,7 +18,7 @@ from .configuration_esam_blip import (
     EsamBlipConfig,
 )
 from .output_recording import OutputRecorder, recording_attentions
-from .prompts import PromptLabel
+from .prompts import PromptLabel, is_tracing
 
 logger = logging.get_logger(__name__)
 
@@ -202,6 +202,7 @@ class EfficientSamPositionalEmbedding(nn.Module):
     def __init__(self, num_pos_feats: int) -> None:
         super().__init__()
         self.register_buffer("positional_embedding", torch.randn(2, num_pos_feats))
+        self._dense_cache: tuple[torch.Tensor, tuple, torch.Tensor] | None = None
 
     def forward(self, coordinates: torch.Tensor) -> torch.Tensor:
         """`coordinates [..., 2]` (x, y) in [0, 1] → `[..., 2 * num_pos_feats]`."""
@@ -209,11 +210,34 @@ class EfficientSamPositionalEmbedding(nn.Module):
         projected = 2 * math.pi * projected
         return torch.cat([projected.sin(), projected.cos()], dim=-1)
 
-    def dense(self, grid: int) -> torch.Tensor:
-        """Encoding of every cell centre of a `grid x grid` map, as `[1, C, grid, grid]`."""
+    def _compute_dense(self, grid: int) -> torch.Tensor:
         centres = (torch.arange(grid, device=self.positional_embedding.device, dtype=torch.float32) + 0.5) / grid
         y, x = torch.meshgrid(centres, centres, indexing="ij")
         return self(torch.stack([x, y], dim=-1)).permute(2, 0, 1).unsqueeze(0)
+
+    def dense(self, grid: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """
+        Encoding of every cell centre of a `grid x grid` map, as `[1, C, grid, grid]` (cast to `dtype` if given).
+
+        It depends only on the random-Fourier buffer, so it is computed once and cached, keyed on the buffer object
+        and its version counter (and on `grid` and `dtype`): `from_pretrained`, `load_state_dict`, in-place writes and
+        `.to()` all invalidate it. Never cached while tracing or exporting (the graph computes it), nor for a buffer
+        created in inference mode (it keeps no version counter). The cached tensor is an ordinary tensor even when
+        made under `torch.inference_mode`, so it also serves later autograd calls (it needs no gradient).
+        """
+        buffer = self.positional_embedding
+        if is_tracing() or buffer.is_inference():
+            dense = self._compute_dense(grid)
+            return dense if dtype is None else dense.to(dtype)
+        key = (grid, dtype, buffer._version)  # the version is bumped by every in-place write (`load_state_dict`)
+        cached = self._dense_cache
+        if cached is not None and cached[0] is buffer and cached[1] == key:
+            return cached[2]
+        with torch.inference_mode(False), torch.no_grad():
+            dense = self._compute_dense(grid)
+            dense = dense if dtype is None else dense.to(dtype)
+        self._dense_cache = (buffer, key, dense)
+        return dense
 
 
 class EfficientSamPromptEncoder(nn.Module):
@@ -228,9 +252,9 @@ class EfficientSamPromptEncoder(nn.Module):
         self.box_top_left_embed = nn.Embedding(1, config.hidden_size)
         self.box_bottom_right_embed = nn.Embedding(1, config.hidden_size)
 
-    def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image-embedding grid, `[1, C, g, g]`."""
-        return self.shared_embedding.dense(self.config.image_embedding_size)
+    def get_dense_pe(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Positional encoding of the image-embedding grid, `[1, C, g, g]` (cast to `dtype`); cached, see `dense`."""
+        return self.shared_embedding.dense(self.config.image_embedding_size, dtype)
 
     def forward(self, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """
@@ -267,7 +291,19 @@ class EfficientSamFeedForward(nn.Module):
 
 
 class EfficientSamTwoWayAttention(nn.Module):
-    """Attention whose q/k/v are projected to `hidden_size // downsample_rate` before splitting into heads."""
+    """
+    Attention whose q/k/v are projected to `hidden_size // downsample_rate` before splitting into heads.
+
+    `forward` is the plain computation (one query set per key set). The decoder's fast path uses the other methods,
+    which compute the same attention with the work shared or reordered:
+
+    - `attend_shared_keys`: tokens of all queries of an image → that image (keys and values projected once per image,
+      the queries of all prompts folded into one sequence);
+    - `attend_keys_per_query`: tokens → their own image tokens, with the key and value projections absorbed into the
+      few token queries (`heads * T` rows) instead of projecting all `h*w` image tokens;
+    - `attend_from_image`: image tokens → tokens, with the output projection absorbed into the token values, and the
+      query projection either shared per image or absorbed into the token keys.
+    """
 
     def __init__(self, config: EfficientSamMaskDecoderConfig, downsample_rate: int = 1) -> None:
         super().__init__()
@@ -297,6 +333,100 @@ class EfficientSamTwoWayAttention(nn.Module):
         batch_size, _, seq_len, _ = attended.shape
         return self.out_proj(attended.transpose(1, 2).reshape(batch_size, seq_len, -1)), probs
 
+    # Fast paths of the mask decoder -----------------------------------------------------------------------------
+
+    def _head_weights(self, projection: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+        """A q/k/v projection as `(weight [heads, d, C], bias [heads, d])`."""
+        return (
+            projection.weight.view(self.num_heads, -1, projection.in_features),
+            projection.bias.view(self.num_heads, -1),
+        )
+
+    def _scaled_heads(self, projected: torch.Tensor) -> torch.Tensor:
+        """`[..., T, C']` → `[..., T, heads, d]` times the softmax scale `d ** -0.5`."""
+        head_dim = projected.shape[-1] // self.num_heads
+        return projected.unflatten(-1, (self.num_heads, head_dim)) * head_dim**-0.5
+
+    def _values_through_output(self, value: torch.Tensor) -> torch.Tensor:
+        """
+        Token values `[n, T, C]` → per head, the projected values already multiplied by the output projection,
+        `[n, heads * T, C]` (row `h * T + t`), with the output bias on the rows of head 0: attention probabilities
+        `[., heads * T]` (each head's row summing to one) times this is the attention output, bias included.
+        """
+        projected = self.v_proj(value)
+        heads = projected.unflatten(-1, (self.num_heads, -1))  # [n, T, heads, d]
+        out_weight = self.out_proj.weight.view(self.out_proj.out_features, self.num_heads, -1)  # [C, heads, d]
+        through = torch.einsum("nthd,chd->nhtc", heads, out_weight)
+        bias = F.pad(self.out_proj.bias[None, None], (0, 0, 0, self.num_heads - 1))  # bias on head 0 only
+        return (through + bias[:, :, None]).flatten(1, 2)
+
+    def attend_shared_keys(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """
+        `query [B, Q, T, C]` (the tokens of Q prompts) against one key/value set per image `[B, N, C]` →
+        `[B, Q, T, C]`. Keys and values are projected once per image and the `Q * T` token queries of an image attend
+        as one sequence (rows of attention are independent), so nothing is tiled per query.
+        """
+        batch_size, num_queries, num_tokens, _ = query.shape
+        projected = self.q_proj(query).reshape(batch_size, num_queries * num_tokens, -1)
+        attended, _ = _attention_function(self.config, False)(
+            self._split_heads(projected), self._split_heads(self.k_proj(key)), self._split_heads(self.v_proj(value))
+        )
+        attended = attended.transpose(1, 2).reshape(batch_size, num_queries, num_tokens, -1)
+        return self.out_proj(attended)
+
+    def attend_keys_per_query(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """
+        `query [n, T, C]` against its own `key`/`value [n, N, C]` (N >> T) → `[n, T, C]`, without projecting the N
+        keys and values: the key projection is folded into the queries (`q W_k` per head, `heads * T` rows of width
+        C), and the value projection is applied after the probabilities have averaged the raw values.
+        """
+        num, num_tokens, _ = query.shape
+        scaled = self._scaled_heads(self.q_proj(query))  # [n, T, heads, d]
+        key_weight, key_bias = self._head_weights(self.k_proj)
+        folded = torch.einsum("nthd,hdc->nhtc", scaled, key_weight).flatten(1, 2)  # [n, heads*T, C]
+        folded_bias = torch.einsum("nthd,hd->nht", scaled, key_bias).reshape(num, -1, 1)
+        scores = torch.baddbmm(folded_bias, folded, key.transpose(1, 2))  # [n, heads*T, N]
+        probs = scores.softmax(dim=-1, dtype=torch.float32).to(scores.dtype)
+        averaged = torch.bmm(probs, value).unflatten(1, (self.num_heads, num_tokens))  # [n, heads, T, C]
+        value_weight, value_bias = self._head_weights(self.v_proj)
+        attended = torch.einsum("nhtc,hdc->nthd", averaged, value_weight) + value_bias
+        return self.out_proj(attended.flatten(2))
+
+    def attend_from_image(
+        self, image: torch.Tensor, key: torch.Tensor, value: torch.Tensor, residual: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        Image tokens attend to the prompt tokens, plus the residual: `residual + attention(image, key, value)`.
+
+        Args:
+            image: the image-side queries, `[B, N, C]` shared by the Q prompts of an image (their projection is
+                computed once) or `[B, Q, N, C]` per prompt (the projection is then folded into the token keys:
+                `heads * T` columns instead of C').
+            key, value: `[B, Q, T, C]` tokens.
+            residual: `[B, N, C]` or `[B, Q, N, C]`.
+
+        Returns:
+            `[B * Q, N, C]`. The output projection is folded into the token values (`heads * T` rows instead of C').
+        """
+        batch_size, num_queries, num_tokens, _ = key.shape
+        scaled_keys = self._scaled_heads(self.k_proj(key))  # [B, Q, T, heads, d]
+        if image.ndim == 3:
+            projected = self.q_proj(image).unflatten(-1, (self.num_heads, -1))  # [B, N, heads, d]
+            scores = torch.einsum("bqthd,bnhd->bqhtn", scaled_keys, projected)
+        else:
+            query_weight, query_bias = self._head_weights(self.q_proj)
+            folded = torch.einsum("bqthd,hdc->bqhtc", scaled_keys, query_weight).flatten(2, 3).flatten(0, 1)
+            folded_bias = torch.einsum("bqthd,hd->bqht", scaled_keys, query_bias).reshape(-1, folded.shape[1], 1)
+            scores = torch.baddbmm(folded_bias, folded, image.flatten(0, 1).transpose(1, 2))
+        # Laid out [n, heads, T, N]: the softmax over the T tokens runs along a strided axis, vectorised over N.
+        scores = scores.reshape(batch_size * num_queries, self.num_heads, num_tokens, -1)
+        probs = scores.softmax(dim=2, dtype=torch.float32).to(scores.dtype).flatten(1, 2).transpose(1, 2)
+        through = self._values_through_output(value.flatten(0, 1))  # [B*Q, heads*T, C]
+        if residual.ndim == 3:
+            attended = torch.bmm(probs, through).unflatten(0, (batch_size, num_queries))
+            return (attended + residual[:, None]).flatten(0, 1)
+        return torch.baddbmm(residual.flatten(0, 1), probs, through)
+
 
 class EfficientSamTwoWayAttentionBlock(GradientCheckpointingLayer):
     """
@@ -305,6 +435,13 @@ class EfficientSamTwoWayAttentionBlock(GradientCheckpointingLayer):
 
     Differs from `transformers`' SAM in the self-attention step: the first block keeps its residual, and later
     blocks add the query positional encoding to the queries themselves (so it stays in the residual stream).
+
+    Two calling conventions, told apart by rank (never by value, so traced graphs have no branch):
+
+    - tiled (the plain computation, used while recording attentions): `queries [n, T, C]`, `keys [n, N, C]`, one
+      image copy per query, every attention through the modules' `forward`;
+    - fast: `queries [B, Q, T, C]` with `keys [B, N, C]` shared by the Q prompts of an image (the first block) or
+      `[B, Q, N, C]` per prompt (later blocks); returns `keys [B, Q, N, C]`.
     """
 
     def __init__(self, config: EfficientSamMaskDecoderConfig, skip_first_layer_pe: bool) -> None:
@@ -329,6 +466,8 @@ class EfficientSamTwoWayAttentionBlock(GradientCheckpointingLayer):
         key_pe: torch.Tensor,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if queries.ndim == 4:
+            return self._forward_shared(queries, keys, query_pe, key_pe)
         if not self.skip_first_layer_pe:
             queries = queries + query_pe
         attn_out, _ = self.self_attn(queries, queries, queries, output_attentions=output_attentions)
@@ -347,12 +486,38 @@ class EfficientSamTwoWayAttentionBlock(GradientCheckpointingLayer):
         keys = self.layer_norm4(keys + attn_out)
         return queries, keys
 
+    def _forward_shared(
+        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same block on `queries [B, Q, T, C]` and shared `[B, N, C]` or per-prompt `[B, Q, N, C]` keys."""
+        batch_size, num_queries = queries.shape[:2]
+        if not self.skip_first_layer_pe:
+            queries = queries + query_pe
+        flat = queries.flatten(0, 1)
+        attn_out, _ = self.self_attn(flat, flat, flat)
+        queries = self.layer_norm1(queries + attn_out.unflatten(0, (batch_size, num_queries)))
+
+        keys_with_pe = keys + key_pe
+        if keys.ndim == 3:  # the first block: the image itself, identical for every prompt
+            attn_out = self.cross_attn_token_to_image.attend_shared_keys(queries + query_pe, keys_with_pe, keys)
+        else:
+            attn_out = self.cross_attn_token_to_image.attend_keys_per_query(
+                (queries + query_pe).flatten(0, 1), keys_with_pe.flatten(0, 1), keys.flatten(0, 1)
+            ).unflatten(0, (batch_size, num_queries))
+        queries = self.layer_norm2(queries + attn_out)
+        queries = self.layer_norm3(queries + self.mlp(queries))
+
+        keys = self.cross_attn_image_to_token.attend_from_image(keys_with_pe, queries + query_pe, queries, keys)
+        keys = self.layer_norm4(keys).unflatten(0, (batch_size, num_queries))
+        return queries, keys
+
 
 class EfficientSamTwoWayTransformer(nn.Module):
     def __init__(self, config: EfficientSamMaskDecoderConfig) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            EfficientSamTwoWayAttentionBlock(config, skip_first_layer_pe=i == 0) for i in range(config.num_hidden_layers)
+            EfficientSamTwoWayAttentionBlock(config, skip_first_layer_pe=i == 0)
+            for i in range(config.num_hidden_layers)
         )
         self.final_attn_token_to_image = EfficientSamTwoWayAttention(config, config.attention_downsample_rate)
         self.layer_norm_final_attn = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -361,22 +526,50 @@ class EfficientSamTwoWayTransformer(nn.Module):
         self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, point_embeddings: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        `image_embeddings [N, C, h, w]`, `image_pe [1, C, h, w]`, `point_embeddings [N, T, C]` → (tokens, image).
+        `image_embeddings [B, C, h, w]` (one per image), `image_pe [1, C, h, w]`, `point_embeddings [B, Q, T, C]` →
+        (tokens `[B*Q, T, C]`, image tokens `[B*Q, h*w, C]`), query `b * Q + q` holding prompt q of image b.
 
-        Under a recording forward with attentions, hooks collect the probabilities in call order: per block the
-        token self-attention `[N, heads, T, T]`, token→image `[N, heads, T, h*w]` and image→token
-        `[N, heads, h*w, T]`, then the final token→image attention.
+        The image is never tiled per prompt: the first block reads it once per image (see
+        `EfficientSamTwoWayAttentionBlock`), and it becomes per-prompt only where the image→token attention updates it.
+
+        Under a recording forward with attentions, the plain tiled computation runs instead (same outputs to float
+        rounding) and hooks collect the probabilities in call order: per block the token self-attention
+        `[B*Q, heads, T, T]`, token→image `[B*Q, heads, T, h*w]` and image→token `[B*Q, heads, h*w, T]`, then the
+        final token→image attention.
         """
-        keys = image_embeddings.flatten(2).transpose(1, 2)
+        batch_size, num_queries, num_tokens, width = point_embeddings.shape
+        keys = image_embeddings.flatten(2).transpose(1, 2).contiguous()  # [B, N, C]
         key_pe = image_pe.flatten(2).transpose(1, 2)
-        queries = point_embeddings
         # Decided once out here so that a checkpointed block recomputes with the same attention path; the tensors
         # are positional so that reentrant checkpointing propagates their gradients.
         output_attentions = recording_attentions()
+        if output_attentions:
+            return self._forward_tiled(
+                keys.repeat_interleave(num_queries, dim=0), key_pe, point_embeddings.flatten(0, 1)
+            )
+        queries = point_embeddings
         for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embeddings, key_pe, output_attentions=output_attentions)
+            queries, keys = layer(queries, keys, point_embeddings, key_pe)
+        queries, query_pe = queries.flatten(0, 1), point_embeddings.flatten(0, 1)
+        if keys.ndim == 3:  # no blocks: the image is still shared
+            attn_out = self.final_attn_token_to_image.attend_shared_keys(
+                queries.unflatten(0, (batch_size, num_queries)) + point_embeddings, keys + key_pe, keys
+            ).flatten(0, 1)
+            keys = keys.repeat_interleave(num_queries, dim=0)
+        else:
+            keys = keys.flatten(0, 1)
+            attn_out = self.final_attn_token_to_image.attend_keys_per_query(queries + query_pe, keys + key_pe, keys)
+        return self.layer_norm_final_attn(queries + attn_out), keys
+
+    def _forward_tiled(
+        self, keys: torch.Tensor, key_pe: torch.Tensor, point_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The plain computation on tiled `keys [n, N, C]` and `point_embeddings [n, T, C]`, recording attentions."""
+        queries = point_embeddings
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, point_embeddings, key_pe, output_attentions=True)
         attn_out, _ = self.final_attn_token_to_image(
-            queries + point_embeddings, keys + key_pe, keys, output_attentions=output_attentions
+            queries + point_embeddings, keys + key_pe, keys, output_attentions=True
         )
         return self.layer_norm_final_attn(queries + attn_out), keys
 
@@ -392,6 +585,24 @@ class EfficientSamUpscalingLayer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(hidden_states)))
+
+    def forward_pixels(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """
+        The same layer on channels-last pixel rows: `[n, R, C_in]` → `[n, 4 R, C_out]`, output row `4 r + 2 i + j`
+        being sub-pixel `(i, j)` of input pixel `r`. A kernel-2 stride-2 transposed conv does not mix pixels, so it
+        is one matmul `C_in → (i, j, C_out)`; GroupNorm(1, C) normalises each sample over all its values, which is
+        a layer norm over the last two axes (the per-channel affine is broadcast along the rows).
+        """
+        num, rows, _ = hidden_states.shape
+        weight = self.conv.weight.permute(2, 3, 1, 0).flatten(0, 2)  # [(i, j, C_out), C_in]
+        bias = self.conv.bias.repeat(4)
+        hidden_states = F.linear(hidden_states, weight, bias).reshape(num, 4 * rows, self.conv.out_channels)
+        if isinstance(self.norm, nn.GroupNorm):
+            shape = hidden_states.shape[1:]
+            hidden_states = F.layer_norm(
+                hidden_states, shape, self.norm.weight.expand(shape), self.norm.bias.expand(shape), self.norm.eps
+            )
+        return self.act(hidden_states)
 
 
 class EfficientSamMaskDecoder(nn.Module):
@@ -421,6 +632,22 @@ class EfficientSamMaskDecoder(nn.Module):
             config.hidden_act,
         )
 
+    def _hypernetworks(self, mask_tokens_out: torch.Tensor, selected: range) -> torch.Tensor:
+        """
+        The hypernetwork MLPs of the `selected` mask tokens, run together as batched matmuls over the token axis:
+        `mask_tokens_out [n, M_all, C]` → `[n, len(selected), C_up]`. Unselected MLPs are not touched (no gradient).
+        """
+        mlps = [self.output_hypernetworks_mlps[i] for i in selected]
+        hidden_states = mask_tokens_out[:, selected.start : selected.stop].transpose(0, 1)  # [M, n, C]
+        for depth in range(len(mlps[0].layers) + 1):
+            linears = [mlp.layers[depth] if depth < len(mlp.layers) else mlp.proj_out for mlp in mlps]
+            weight = torch.stack([linear.weight for linear in linears]).transpose(1, 2)  # [M, C_in, C_out]
+            bias = torch.stack([linear.bias for linear in linears])[:, None]  # [M, 1, C_out]
+            hidden_states = torch.baddbmm(bias, hidden_states, weight)
+            if depth < len(mlps[0].layers):
+                hidden_states = mlps[0].act(hidden_states)
+        return hidden_states.transpose(0, 1)
+
     def forward(
         self,
         image_embeddings: torch.Tensor,
@@ -437,38 +664,33 @@ class EfficientSamMaskDecoder(nn.Module):
 
         Returns:
             `masks [B, Q, M, 4h, 4w]` logits (M = 3 or 1) and `iou_pred [B, Q, M]` (not sorted, no sigmoid).
+
+        Computes what the original computes on the image tiled per query, without tiling it: see
+        `EfficientSamTwoWayTransformer`. The upscaling runs as matmuls on channels-last pixel rows, and only the
+        selected mask tokens' hypernetworks and masks are computed.
         """
         batch_size, num_queries, num_points, width = sparse_prompt_embeddings.shape
         _, channels, height, grid_width = image_embeddings.shape
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        tokens = torch.cat(
-            [
-                output_tokens.expand(batch_size * num_queries, -1, -1),
-                sparse_prompt_embeddings.reshape(batch_size * num_queries, num_points, width),
-            ],
-            dim=1,
-        )
-        tiled = image_embeddings.repeat_interleave(num_queries, dim=0)
-        hidden_tokens, image_tokens = self.transformer(tiled, image_pe, tokens)
+        tokens = torch.cat([output_tokens.expand(batch_size, num_queries, -1, -1), sparse_prompt_embeddings], dim=2)
+        hidden_tokens, image_tokens = self.transformer(image_embeddings, image_pe, tokens)
         iou_token_out = hidden_tokens[:, 0]
         mask_tokens_out = hidden_tokens[:, 1 : 1 + self.num_mask_tokens]
 
-        upscaled = image_tokens.transpose(1, 2).reshape(-1, channels, height, grid_width)
+        upscaled = image_tokens  # [n, h*w, C], pixel rows
         for layer in self.upscaling_layers:
-            upscaled = layer(upscaled)
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )
-        n, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(n, c, h * w)).reshape(n, -1, h, w)
-        iou_pred = self.iou_prediction_head(iou_token_out)
-
-        selected = slice(1, None) if multimask_output and self.num_mask_tokens > 1 else slice(0, 1)
-        masks, iou_pred = masks[:, selected], iou_pred[:, selected]
-        return (
-            masks.reshape(batch_size, num_queries, -1, h, w),
-            iou_pred.reshape(batch_size, num_queries, -1),
-        )
+            upscaled = layer.forward_pixels(upscaled)
+        selected = range(1, self.num_mask_tokens) if multimask_output and self.num_mask_tokens > 1 else range(0, 1)
+        hyper_in = self._hypernetworks(mask_tokens_out, selected)  # [n, M, C_up]
+        masks = torch.bmm(upscaled, hyper_in.transpose(1, 2))  # [n, rows, M]
+        # Rows are (y, x, i_1, j_1, ..., i_L, j_L) for L upscaling layers: back to [n, M, 2^L h, 2^L w].
+        levels = len(self.upscaling_layers)
+        masks = masks.reshape(-1, height, grid_width, *([2] * (2 * levels)), len(selected))
+        order = [0, 3 + 2 * levels, 1, *range(3, 3 + 2 * levels, 2), 2, *range(4, 3 + 2 * levels, 2)]
+        scale = 2**levels
+        masks = masks.permute(order).reshape(batch_size, num_queries, len(selected), scale * height, scale * grid_width)
+        iou_pred = self.iou_prediction_head(iou_token_out)[:, selected.start : selected.stop]
+        return masks, iou_pred.reshape(batch_size, num_queries, -1)
 
 
 class EfficientSamModule(nn.Module):
@@ -525,7 +747,7 @@ class EfficientSamModule(nn.Module):
         Returns:
             `pred_masks [B, Q, M, 4g, 4g]` logits and `iou_scores [B, Q, M]`.
         """
-        image_pe = self.prompt_encoder.get_dense_pe().to(image_embeddings.dtype)
+        image_pe = self.prompt_encoder.get_dense_pe(image_embeddings.dtype)
         return self.mask_decoder(
             image_embeddings, image_pe, sparse_prompt_embeddings, multimask_output=multimask_output
         )

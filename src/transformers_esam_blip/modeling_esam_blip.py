@@ -33,7 +33,14 @@ from .modeling_efficient_sam import (
 from .modeling_outputs import EsamBlipGradCamSegmentationOutput, EsamBlipModelOutput, EsamBlipSegmentationOutput
 from .output_recording import record_outputs
 from .prompter import EsamBlipTextPrompter
-from .prompts import assemble_prompts, check_tensor, is_tracing, validate_point_and_box_prompts
+from .prompts import (
+    assemble_prompts,
+    check_image_tensor,
+    check_tensor,
+    check_token_ids,
+    is_tracing,
+    validate_point_and_box_prompts,
+)
 from .text_prompt_gradcam import EsamBlipGradCamTextPrompts
 from .text_prompt_learned import EsamBlipLearnedTextPrompts
 from .text_prompt_strategies import (
@@ -138,8 +145,16 @@ class EsamBlipModel(EsamBlipPreTrainedModel):
         return self.prompter
 
     def get_image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`pixel_values [B, 3, S, S]` (from `EsamBlipImageProcessor`) → EfficientSAM `image_embeddings [B, C, g, g]`."""
-        return self.require_segmentation().get_image_embeddings(pixel_values)
+        """
+        `pixel_values [B, 3, S, S]` (from `EsamBlipImageProcessor`) → EfficientSAM `image_embeddings [B, C, g, g]`.
+        Floating-point pixels of another precision are cast to the model's dtype.
+        """
+        sam = self.require_segmentation()
+        if not is_tracing():
+            vision = self.config.sam_vision_config
+            shape = (vision.num_channels, vision.image_size, vision.image_size)
+            check_image_tensor("pixel_values", pixel_values, shape, "use EsamBlipImageProcessor")
+        return sam.get_image_embeddings(pixel_values.to(self.dtype))
 
     def itm_image_embeds(
         self,
@@ -385,18 +400,20 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         if (pixel_values is None) == (image_embeddings is None):
             raise ValueError("Pass exactly one of `pixel_values` and `image_embeddings`.")
         encoder_fusion = self.model.fusion is not None and self.model.fusion.location == "encoder"
+        vision = config.sam_vision_config
+        if pixel_values is not None:
+            shape = (vision.num_channels, vision.image_size, vision.image_size)
+            check_image_tensor("pixel_values", pixel_values, shape, "use EsamBlipImageProcessor")
         if image_embeddings is not None:
             if encoder_fusion:
                 raise ValueError(
                     f"`fusion_type={config.fusion_type!r}` adds the BLIP features inside the EfficientSAM encoder: "
                     "pass `pixel_values`, not `image_embeddings`."
                 )
-            vision = config.sam_vision_config
             grid = vision.image_embedding_size
-            expected = f"[batch, {vision.output_channels}, {grid}, {grid}]"
-            check_tensor("image_embeddings", image_embeddings, 4, None, expected)
-            if image_embeddings.shape[1:] != (vision.output_channels, grid, grid):
-                raise ValueError(f"`image_embeddings` must have shape {expected}, got {tuple(image_embeddings.shape)}.")
+            check_image_tensor(
+                "image_embeddings", image_embeddings, (vision.output_channels, grid, grid), "from `get_image_embeddings`"
+            )
         num_images = (pixel_values if image_embeddings is None else image_embeddings).shape[0]
         needs_blip = input_ids is not None or self.model.fusion is not None
         if needs_blip:
@@ -419,6 +436,7 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         num_texts = input_ids.shape[0]
         if num_texts == 0:
             raise ValueError("`input_ids` must hold at least one text, got 0 rows.")
+        check_token_ids(input_ids, config.text_config.vocab_size)
         if num_images not in (1, num_texts):
             raise ValueError(
                 f"`{'pixel_values' if image_embeddings is None else 'image_embeddings'}`: got {num_images} images for "
@@ -444,11 +462,14 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
     ) -> torch.Tensor:
         """Plain EfficientSAM embeddings, or with an encoder-side fusion those of the encoder fed the BLIP stream."""
         if image_embeddings is not None:
-            return image_embeddings
+            return image_embeddings.to(self.dtype)
         fusion = self.model.fusion
+        pixel_values = pixel_values.to(self.dtype)
         if fusion is not None and fusion.location == "encoder":
             return self.model.sam.vision_encoder(
-                pixel_values, fusion=partial(fusion, blip_image_embeds=blip_image_embeds), fusion_layer=self.config.fusion_layer
+                pixel_values,
+                fusion=partial(fusion, blip_image_embeds=blip_image_embeds),
+                fusion_layer=self.config.fusion_layer,
             )
         return self.model.sam.get_image_embeddings(pixel_values)
 
@@ -528,9 +549,12 @@ class EsamBlipForImageTextMatching(EsamBlipPreTrainedModel):
     def _images(self, blip_pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None) -> torch.Tensor:
         if (blip_pixel_values is None) == (image_embeds is None):
             raise ValueError("Pass exactly one of `blip_pixel_values` and `image_embeds`.")
+        blip = self.model.require_blip()
         if image_embeds is None:
-            image_embeds = self.model.require_blip().get_image_features(blip_pixel_values)
-        return image_embeds
+            return blip.get_image_features(blip_pixel_values)
+        if not is_tracing():
+            blip._check_image_embeds(image_embeds)
+        return image_embeds.to(self.dtype)
 
     @can_return_tuple
     def get_image_features(

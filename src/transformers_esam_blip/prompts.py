@@ -17,6 +17,12 @@ models' `forward` before any compute), and are skipped while tracing, exporting 
 Nothing is cast silently except integral float labels to int64 and coordinates to float32. The image processor checks
 user input in image pixels with the same rules before rescaling ([`rescale_coordinates`]).
 
+The same boundary checks the other tensor inputs ([`check_image_tensor`], [`check_token_ids`]): images and embeddings
+must have the configured shape (so a BLIP image of the wrong size is refused, never cut short), a batch of at least one,
+a floating-point dtype and finite values; token ids must lie in the vocabulary. A floating-point input of another
+precision than the model's (float16/float64 into float32) is cast to the model's dtype, which is safe; integer pixels
+(uint8) are refused, since they have not been normalised by the image processor.
+
 **Assembly.** [`assemble_prompts`] merges points and boxes (two corner points, after the query's points) into exactly
 `max_num_points` slots; [`append_points`] adds points computed by the model (Grad-CAM peaks) to every query;
 [`append_prompt_tokens`] appends learned text tokens after the embedded points.
@@ -60,6 +66,32 @@ def check_tensor(name: str, value: object, ndim: int, last: int | None, expected
     if value.ndim != ndim or (last is not None and value.shape[-1] != last):
         raise ValueError(f"`{name}` must have shape {expected}, got {tuple(value.shape)}.")
     return value
+
+
+def check_image_tensor(name: str, value: object, shape: tuple[int, ...], hint: str) -> torch.Tensor:
+    """An image-like input `[B, *shape]`: a non-empty batch, that shape, floating point and finite."""
+    expected = f"[batch, {', '.join(str(side) for side in shape)}]"
+    check_tensor(name, value, 1 + len(shape), None, expected)
+    if tuple(value.shape[1:]) != tuple(shape):
+        raise ValueError(f"`{name}` must have shape {expected} ({hint}), got {tuple(value.shape)}.")
+    if value.shape[0] == 0:
+        raise ValueError(f"`{name}` holds no image (a batch of 0); pass at least one.")
+    if not value.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor ({hint}), got dtype {value.dtype}.")
+    if not torch.isfinite(value).all():
+        raise ValueError(f"`{name}` must be finite, got NaN or infinite values.")
+    return value
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> None:
+    """Token ids must be integers in `[0, vocab_size)`: an id outside would index past the embedding table."""
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TypeError(f"`{name}` must hold integer token ids, got dtype {input_ids.dtype}.")
+    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+        raise ValueError(
+            f"`{name}` must hold token ids in [0, {vocab_size - 1}] (the text encoder's vocabulary), got values in "
+            f"[{input_ids.min().item()}, {input_ids.max().item()}]. Tokenize with the checkpoint's EsamBlipProcessor."
+        )
 
 
 def rescale_coordinates(coords: torch.Tensor, original_size: tuple[int, int], target_size: int) -> torch.Tensor:
@@ -261,7 +293,9 @@ __all__ = [
     "append_points",
     "append_prompt_tokens",
     "assemble_prompts",
+    "check_image_tensor",
     "check_tensor",
+    "check_token_ids",
     "count_queries",
     "default_labels",
     "is_tracing",
