@@ -593,10 +593,9 @@ class EfficientSamUpscalingLayer(nn.Module):
         is one matmul `C_in → (i, j, C_out)`; GroupNorm(1, C) normalises each sample over all its values, which is
         a layer norm over the last two axes (the per-channel affine is broadcast along the rows).
         """
-        num, rows, _ = hidden_states.shape
         weight = self.conv.weight.permute(2, 3, 1, 0).flatten(0, 2)  # [(i, j, C_out), C_in]
         bias = self.conv.bias.repeat(4)
-        hidden_states = F.linear(hidden_states, weight, bias).reshape(num, 4 * rows, self.conv.out_channels)
+        hidden_states = F.linear(hidden_states, weight, bias).unflatten(-1, (4, -1)).flatten(1, 2)
         if isinstance(self.norm, nn.GroupNorm):
             shape = hidden_states.shape[1:]
             hidden_states = F.layer_norm(
