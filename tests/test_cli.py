@@ -163,7 +163,7 @@ def test_everything_mode(checkpoints, image_path, tmp_path, capsys):
     output, report = tmp_path / "all.png", tmp_path / "all.json"
     status, out, _ = _run(
         capsys, "everything", image_path, "--model", checkpoints["joint"], "--output", output, "--json", report,
-        "--points-per-side", 4, "--points-per-batch", 5, "--pred-iou-thresh", -100, "--stability-score-thresh", 0,
+        "--points-per-side", 4, "--points-per-batch", 5, "--pred-iou-thresh", 0, "--stability-score-thresh", 0,
     )  # fmt: skip
     assert status == 0
     data = json.loads(report.read_text())
@@ -172,6 +172,16 @@ def test_everything_mode(checkpoints, image_path, tmp_path, capsys):
     assert areas == sorted(areas, reverse=True)
     assert all(len(entry["box"]) == 4 for entry in data["masks"])
     assert Image.open(output).size == (WIDTH, HEIGHT)
+
+
+@pytest.mark.parametrize("extra", [["--grid", "coarse-to-fine", "--no-progress"], ["--crops-n-layers", "1"]])
+def test_everything_grid_and_crops(checkpoints, image_path, tmp_path, capsys, extra):
+    report = tmp_path / "all.json"
+    status, _, _ = _run(
+        capsys, "everything", image_path, "--model", checkpoints["joint"], "--output", tmp_path / "all.png",
+        "--json", report, "--points-per-side", 4, "--pred-iou-thresh", 0, "--stability-score-thresh", 0, *extra,
+    )  # fmt: skip
+    assert status == 0 and len(json.loads(report.read_text())["masks"]) >= 1
 
 
 def test_itm_mode(checkpoints, image_path, tmp_path, capsys):

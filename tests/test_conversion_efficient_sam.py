@@ -163,5 +163,7 @@ def test_cli_reports_one_clear_line(tmp_path):
         text=True,
     )
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: --efficientsam: no such file: {tmp_path / 'nope.pt'}"
+    assert result.stderr.strip() == (
+        f"error: --efficientsam: no such file: {tmp_path / 'nope.pt'}; re-run with --debug for the traceback"
+    )
     assert main(["--output_dir", str(tmp_path / "o")]) == 2

@@ -549,6 +549,8 @@ def test_do_resize_false_takes_images_at_the_input_size() -> None:
         ({"image_mean": 0.5}, TypeError, "`image_mean` must be a sequence of 3 numbers"),
         ({"blip_image_std": (1.0, 0.0, 1.0)}, ValueError, "`blip_image_std` must hold 3 positive values"),
         ({"image_std": ["a", "b", "c"]}, TypeError, "`image_std` must be a sequence of 3 numbers"),
+        ({"image_mean": [0.5, float("nan"), 0.5]}, ValueError, "`image_mean` must hold 3 values .*all finite"),
+        ({"image_std": [1.0, float("inf"), 1.0]}, ValueError, "`image_std` must hold 3 positive values .*all finite"),
     ],
 )
 def test_bad_pixel_settings(kwargs, error, match) -> None:
@@ -747,7 +749,7 @@ def test_mask_generation_pipeline_runs_end_to_end() -> None:
         points_per_batch=16,
         points_per_crop=4,
         crops_n_layers=1,
-        pred_iou_thresh=-1e9,
+        pred_iou_thresh=0.0,  # 0 turns the filter off
         stability_score_thresh=0.0,
         output_bboxes_mask=True,
         output_rle_mask=True,

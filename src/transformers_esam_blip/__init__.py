@@ -21,6 +21,7 @@ from .configuration_esam_blip import (
     EsamBlipConfig,
 )
 from .image_processing_esam_blip import EsamBlipImageProcessor
+from .mask_generator import EsamBlipMaskGenerator
 from .modeling_esam_blip import (
     EsamBlipForImageTextMatching,
     EsamBlipForPromptableSegmentation,
@@ -61,6 +62,7 @@ __all__ = [
     "EsamBlipForPromptableSegmentation",
     "EsamBlipGradCamSegmentationOutput",
     "EsamBlipImageProcessor",
+    "EsamBlipMaskGenerator",
     "EsamBlipModel",
     "EsamBlipModelOutput",
     "EsamBlipPreTrainedModel",

@@ -30,6 +30,7 @@ from . import demo, evaluation
 from .commands import (
     CliError,
     CommandParser,
+    check_writable,
     default_device,
     load_checkpoint_config,
     looks_like_hub_id,
@@ -40,6 +41,7 @@ from .commands import (
 from .configuration_esam_blip import EsamBlipConfig
 from .conversion import checkpoint as conversion
 from .export import MAX_OPSET, MIN_OPSET, export_onnx
+from .mask_generator import EsamBlipMaskGenerator
 from .modeling_esam_blip import EsamBlipForImageTextMatching, EsamBlipForPromptableSegmentation
 from .pipelines import TASK
 from .processing_esam_blip import EsamBlipProcessor
@@ -148,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     everything.add_argument("--pred-iou-thresh", type=float, default=0.88, help="minimum predicted IoU of a mask")
     everything.add_argument("--stability-score-thresh", type=float, default=0.95, help="minimum stability score")
     everything.add_argument("--crops-n-layers", type=int, default=0, help="layers of image crops beyond the image")
+    everything.add_argument(
+        "--grid",
+        choices=("full", "coarse-to-fine"),
+        default="full",
+        help="prompt grid: every point, or coarse to fine (skips points inside masks already found)",
+    )
+    everything.add_argument("--no-progress", action="store_true", help="hide the progress bar over grid points")
     everything.set_defaults(run=_run_inference)
 
     itm = commands.add_parser("itm", help="image-text match probability (ITM) and similarity (ITC) per text")
@@ -344,7 +353,10 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_everything(args: argparse.Namespace) -> dict[str, Any]:
-    """All masks of `pipeline("mask-generation")`, largest drawn first so small ones stay visible."""
+    """
+    All masks of the image: `EsamBlipMaskGenerator` (encode once, batched decoding, a full or coarse-to-fine grid),
+    or `pipeline("mask-generation")` with crops; largest drawn first so small ones stay visible.
+    """
     _check_png(args.output)
     for name in ("points_per_side", "points_per_batch"):
         if getattr(args, name) < 1:
@@ -355,18 +367,33 @@ def run_everything(args: argparse.Namespace) -> dict[str, Any]:
     _progress(f"Loading {args.model} ...")
     model = EsamBlipForPromptableSegmentation.from_pretrained(args.model).eval()
     processor = EsamBlipProcessor.from_pretrained(args.model)
-    generator = pipeline(
-        "mask-generation", model=model, image_processor=processor.image_processor, device=_device(args.device)
-    )
-    out = generator(
-        image,
-        points_per_crop=args.points_per_side,
-        points_per_batch=args.points_per_batch,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh,
-        crops_n_layers=args.crops_n_layers,
-        output_bboxes_mask=True,
-    )
+    if args.grid == "coarse-to-fine" and args.crops_n_layers:
+        raise CliError("--grid coarse-to-fine works on the whole image; drop --crops-n-layers")
+    if args.crops_n_layers:
+        generator = pipeline(
+            "mask-generation", model=model, image_processor=processor.image_processor, device=_device(args.device)
+        )
+        out = generator(
+            image,
+            points_per_crop=args.points_per_side,
+            points_per_batch=args.points_per_batch,
+            pred_iou_thresh=args.pred_iou_thresh,
+            stability_score_thresh=args.stability_score_thresh,
+            crops_n_layers=args.crops_n_layers,
+            output_bboxes_mask=True,
+        )
+    else:
+        generator = EsamBlipMaskGenerator(
+            model.to(_device(args.device)),
+            processor.image_processor,
+            points_per_side=args.points_per_side,
+            points_per_batch=args.points_per_batch,
+            grid=args.grid.replace("-", "_"),
+            pred_iou_thresh=args.pred_iou_thresh,
+            stability_score_thresh=args.stability_score_thresh,
+            progress=False if args.no_progress else None,
+        )
+        out = generator(image)
     masks = [torch.as_tensor(mask).bool() for mask in out["masks"]]
     order = sorted(range(len(masks)), key=lambda index: -int(masks[index].sum()))
     stacked = (
@@ -439,6 +466,10 @@ INFERENCE_COMMANDS = {"segment": run_segment, "everything": run_everything, "itm
 
 
 def _run_inference(args: argparse.Namespace) -> None:
+    # Outputs are checked before the model runs, so an unwritable path does not cost a whole run.
+    for name in ("output", "json"):
+        if getattr(args, name, None) is not None:
+            check_writable(getattr(args, name), f"--{name}")
     args.model = resolve_model_argument(args.model)  # a built-in model's name → its folder
     _write_json(args.json, INFERENCE_COMMANDS[args.command](args))
 

@@ -48,11 +48,7 @@ def _sizes_per_entry(original_sizes: SizeLike, num_entries: int, what: str) -> l
     `(height, width)` for each of `num_entries` entries of `what` (images, or texts of one image): one size per entry,
     or one size shared by all. Raises a `ValueError` naming both counts otherwise.
     """
-    if isinstance(original_sizes, (torch.Tensor, np.ndarray)):
-        original_sizes = original_sizes.tolist()
-    sizes = list(original_sizes)
-    if any(len(size) != 2 for size in sizes):
-        raise ValueError(f"`original_sizes` must hold (height, width) pairs, got {sizes}.")
+    sizes = _check_original_sizes(original_sizes)
     if len(sizes) == 1 and num_entries > 1:
         sizes = sizes * num_entries
     if len(sizes) != num_entries:
@@ -60,7 +56,46 @@ def _sizes_per_entry(original_sizes: SizeLike, num_entries: int, what: str) -> l
             f"Got {what} for {num_entries} images (or texts) but {len(sizes)} `original_sizes`; give one size per "
             f"entry of `{what}`, or one size for all."
         )
-    return [(int(height), int(width)) for height, width in sizes]
+    return sizes
+
+
+def check_finite_number(name: str, value: Any) -> float:
+    """`value` (a Python or 0-d tensor number, not a bool) as a finite float; TypeError/ValueError naming `name`."""
+    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r:.40}.")
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+    return float(value)
+
+
+def _check_original_sizes(original_sizes: Any) -> list[tuple[int, int]]:
+    """`original_sizes` as `(height, width)` pairs of positive integers (a TypeError/ValueError naming it otherwise)."""
+    if isinstance(original_sizes, (torch.Tensor, np.ndarray)):
+        if original_sizes.dtype == bool or original_sizes.dtype == torch.bool:
+            raise TypeError("`original_sizes` must hold integer (height, width) pairs, got booleans.")
+        original_sizes = original_sizes.tolist()
+    if not isinstance(original_sizes, (list, tuple)):
+        raise TypeError(
+            f"`original_sizes` must be [B, 2] (height, width) pairs (a list, array or tensor), got "
+            f"{type(original_sizes).__name__}."
+        )
+    sizes = []
+    for size in original_sizes:
+        if not isinstance(size, (list, tuple)) or len(size) != 2:
+            raise ValueError(f"`original_sizes` must hold (height, width) pairs, got {list(original_sizes)}.")
+        for side in size:
+            if isinstance(side, bool) or not isinstance(side, (int, float, np.integer, np.floating)):
+                raise TypeError(f"`original_sizes` must hold integer sides, got {side!r} in {list(size)}.")
+            if not math.isfinite(side) or side != int(side) or side < 1:
+                raise ValueError(
+                    f"`original_sizes` must hold positive integer (height, width) pairs, got {list(size)}."
+                )
+        sizes.append((int(size[0]), int(size[1])))
+    if not sizes:
+        raise ValueError("`original_sizes` is empty; give one (height, width) per image.")
+    return sizes
 
 
 # PIL raises DecompressionBombError above twice its MAX_IMAGE_PIXELS; the same bound keeps a bad array from
@@ -173,8 +208,10 @@ def _channel_stats(values: Any, name: str, positive: bool = False) -> tuple[floa
     if not isinstance(values, (list, tuple)) or not all(_is_number(v) for v in values):
         raise TypeError(f"`{name}` must be a sequence of 3 numbers (RGB), got {values!r}.")
     values = tuple(float(v) for v in values)
-    if len(values) != 3 or (positive and min(values) <= 0):
-        raise ValueError(f"`{name}` must hold 3 {'positive ' if positive else ''}values (RGB), got {values}.")
+    if len(values) != 3 or not all(math.isfinite(v) for v in values) or (positive and min(values) <= 0):
+        raise ValueError(
+            f"`{name}` must hold 3 {'positive ' if positive else ''}values (RGB), all finite, got {values}."
+        )
     return values
 
 
@@ -348,14 +385,18 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
                     "pass a float array in [0, 1])."
                 )
             return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
-        if isinstance(image, np.ndarray):
-            pixels, channels_last = self._array_to_tensor(image, name), True
-        elif isinstance(image, torch.Tensor):
-            pixels, channels_last = image.detach().cpu(), False
-        else:
+        if not isinstance(image, (np.ndarray, torch.Tensor)):
             raise TypeError(
                 f"`{name}` must be a PIL.Image.Image, a numpy array or a torch tensor, got {type(image).__name__}."
             )
+        # From the shape alone, before anything is copied (a zero-copy view of a huge array must cost nothing).
+        if image.ndim in (2, 3):
+            sides = sorted(image.shape)[-2:] if image.ndim == 3 else list(image.shape)
+            self._check_image_size(int(sides[0]), int(sides[1]), name)
+        if isinstance(image, np.ndarray):
+            pixels, channels_last = self._array_to_tensor(image, name), True
+        else:
+            pixels, channels_last = image.detach().cpu(), False
         if pixels.ndim == 2:
             pixels = pixels[None]
         elif pixels.ndim == 3:
@@ -559,10 +600,7 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         if input_labels is not None and input_points is None:
             raise ValueError("`input_labels` were given without `input_points`.")
         target_size = self._require_sam("Point and box prompts")
-        sizes = [
-            (int(h), int(w))
-            for h, w in (original_sizes.tolist() if hasattr(original_sizes, "tolist") else original_sizes)
-        ]
+        sizes = _check_original_sizes(original_sizes)
         outputs: dict[str, torch.Tensor] = {}
         query_counts = None
         if input_boxes is not None:
@@ -734,6 +772,9 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         """
         if kwargs:
             raise ValueError(f"`post_process_masks` does not support {sorted(kwargs)} for EfficientSAM masks.")
+        check_finite_number("mask_threshold", mask_threshold)
+        if not isinstance(binarize, bool):
+            raise TypeError(f"`binarize` must be a bool, got {type(binarize).__name__} {binarize!r}.")
         if not isinstance(masks, (torch.Tensor, np.ndarray, list, tuple)):
             raise TypeError(
                 f"`masks` must be a torch tensor, a numpy array or a list of them, got {type(masks).__name__}."

@@ -419,7 +419,7 @@ def filter_crop_masks(
         candidates = candidates[low_res_stability > stability_score_thresh - STABILITY_PREFILTER_MARGIN]
 
     kept_masks, kept_indices = [], []
-    for chunk in candidates.split(_UPSAMPLE_CHUNK):
+    for chunk in candidates.split(_UPSAMPLE_CHUNK) if len(candidates) else ():
         chunk_logits = mask_logits.upsample(chunk) if deferred else logits[chunk]
         if stability_score_thresh > 0.0:
             stable = compute_stability_score(chunk_logits, mask_threshold, stability_score_offset)

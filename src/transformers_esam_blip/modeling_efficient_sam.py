@@ -367,11 +367,11 @@ class EfficientSamTwoWayAttention(nn.Module):
         as one sequence (rows of attention are independent), so nothing is tiled per query.
         """
         batch_size, num_queries, num_tokens, _ = query.shape
-        projected = self.q_proj(query).reshape(batch_size, num_queries * num_tokens, -1)
+        projected = self.q_proj(query).flatten(1, 2)
         attended, _ = _attention_function(self.config, False)(
             self._split_heads(projected), self._split_heads(self.k_proj(key)), self._split_heads(self.v_proj(value))
         )
-        attended = attended.transpose(1, 2).reshape(batch_size, num_queries, num_tokens, -1)
+        attended = attended.transpose(1, 2).flatten(2).unflatten(1, (num_queries, num_tokens))
         return self.out_proj(attended)
 
     def attend_keys_per_query(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -380,14 +380,13 @@ class EfficientSamTwoWayAttention(nn.Module):
         keys and values: the key projection is folded into the queries (`q W_k` per head, `heads * T` rows of width
         C), and the value projection is applied after the probabilities have averaged the raw values.
         """
-        num, num_tokens, _ = query.shape
         scaled = self._scaled_heads(self.q_proj(query))  # [n, T, heads, d]
         key_weight, key_bias = self._head_weights(self.k_proj)
         folded = torch.einsum("nthd,hdc->nhtc", scaled, key_weight).flatten(1, 2)  # [n, heads*T, C]
-        folded_bias = torch.einsum("nthd,hd->nht", scaled, key_bias).reshape(num, -1, 1)
+        folded_bias = torch.einsum("nthd,hd->nht", scaled, key_bias).flatten(1)[..., None]
         scores = torch.baddbmm(folded_bias, folded, key.transpose(1, 2))  # [n, heads*T, N]
         probs = scores.softmax(dim=-1, dtype=torch.float32).to(scores.dtype)
-        averaged = torch.bmm(probs, value).unflatten(1, (self.num_heads, num_tokens))  # [n, heads, T, C]
+        averaged = torch.bmm(probs, value).unflatten(1, (self.num_heads, -1))  # [n, heads, T, C]
         value_weight, value_bias = self._head_weights(self.v_proj)
         attended = torch.einsum("nhtc,hdc->nthd", averaged, value_weight) + value_bias
         return self.out_proj(attended.flatten(2))
@@ -416,7 +415,7 @@ class EfficientSamTwoWayAttention(nn.Module):
         else:
             query_weight, query_bias = self._head_weights(self.q_proj)
             folded = torch.einsum("bqthd,hdc->bqhtc", scaled_keys, query_weight).flatten(2, 3).flatten(0, 1)
-            folded_bias = torch.einsum("bqthd,hd->bqht", scaled_keys, query_bias).reshape(-1, folded.shape[1], 1)
+            folded_bias = torch.einsum("bqthd,hd->bqht", scaled_keys, query_bias).flatten(2)[..., None].flatten(0, 1)
             scores = torch.baddbmm(folded_bias, folded, image.flatten(0, 1).transpose(1, 2))
         # Laid out [n, heads, T, N]: the softmax over the T tokens runs along a strided axis, vectorised over N.
         scores = scores.reshape(batch_size * num_queries, self.num_heads, num_tokens, -1)

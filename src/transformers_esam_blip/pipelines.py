@@ -11,6 +11,7 @@ from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 
 from .best_mask import select_best_masks
+from .image_processing_esam_blip import check_finite_number
 from .modeling_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipSegmentationOutput
 from .prompts import PromptLabel
 from .text_prompt_strategies import TEXT_PROMPT_STRATEGIES, resolve_text_prompt_mode
@@ -147,12 +148,31 @@ class TextPromptedSegmentationPipeline(Pipeline):
         return super().__call__([{"image": image, "text": text} for image, text in zip(images, per_image)], **kwargs)
 
     def _sanitize_parameters(
-        self, mask_threshold: float | None = None, timeout: float | None = None, text_prompt_mode: str | None = None
+        self,
+        mask_threshold: float | None = None,
+        timeout: float | None = None,
+        text_prompt_mode: str | None = None,
+        **unexpected: Any,
     ) -> tuple[dict, dict, dict]:
-        preprocess_params = {} if timeout is None else {"timeout": timeout}
-        postprocess_params = {} if mask_threshold is None else {"mask_threshold": mask_threshold}
+        if unexpected:  # a misspelt keyword must not be swallowed
+            raise TypeError(
+                f"{TASK} got unexpected keyword arguments {sorted(unexpected)}; it takes `mask_threshold`, "
+                "`text_prompt_mode`, `timeout` (and `batch_size`, `num_workers`)."
+            )
+        preprocess_params = {}
+        if timeout is not None:
+            if check_finite_number("timeout", timeout) <= 0:
+                raise ValueError(f"`timeout` must be > 0 seconds, got {timeout!r}.")
+            preprocess_params["timeout"] = float(timeout)
+        postprocess_params = {}
+        if mask_threshold is not None:
+            postprocess_params["mask_threshold"] = check_finite_number("mask_threshold", mask_threshold)
         forward_params = {}
         if text_prompt_mode is not None:
+            if not isinstance(text_prompt_mode, str):
+                raise TypeError(
+                    f"`text_prompt_mode` must be a string, got {type(text_prompt_mode).__name__} {text_prompt_mode!r}."
+                )
             mode = resolve_text_prompt_mode(self.model.config, text_prompt_mode)
             TEXT_PROMPT_STRATEGIES[mode].check_model(self.model.base_model)
             forward_params["text_prompt_mode"] = mode

@@ -13,6 +13,21 @@ def _check_heatmap(heatmap: Tensor, name: str = "heatmap") -> None:
         raise ValueError(f"`{name}` must be a [batch, g, g] tensor, got {shape}.")
 
 
+def _check_int(name: str, value: object, minimum: int, hint: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}`{hint} must be an int >= {minimum}, got {type(value).__name__} {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}`{hint} must be >= {minimum}, got {value}.")
+
+
+def _check_fraction(name: str, value: object, hint: str = "") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number in [0, 1]{hint}, got {type(value).__name__} {value!r}.")
+    if not 0.0 <= value <= 1.0:  # also False for NaN
+        raise ValueError(f"`{name}` must be in [0, 1]{hint}, got {value}.")
+    return float(value)
+
+
 def _greedy_spaced_cells(scores: Tensor, allowed: Tensor, count: int, min_distance: int) -> tuple[Tensor, Tensor]:
     """Up to `count` cells per map in decreasing `scores`, among `allowed`, pairwise Chebyshev distance >= min_distance."""
     batch_size, grid, _ = scores.shape
@@ -51,12 +66,9 @@ def select_salient_cells(
         `cells [B, k, 2]` as (row, col) and `valid [B, k]` (False where fewer peaks qualified).
     """
     _check_heatmap(heatmap)
-    if num_points < 1:
-        raise ValueError(f"`num_points` (k) must be >= 1, got {num_points}.")
-    if min_distance < 1:
-        raise ValueError(f"`min_distance` must be >= 1 cell, got {min_distance}.")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"`threshold` must be in [0, 1] (relative to each map's maximum), got {threshold}.")
+    _check_int("num_points", num_points, 1, " (k)")
+    _check_int("min_distance", min_distance, 1, " (cells)")
+    threshold = _check_fraction("threshold", threshold, " (relative to each map's maximum)")
     heatmap = heatmap.float()
     local_max = heatmap == F.max_pool2d(heatmap[:, None], 3, stride=1, padding=1)[:, 0]
     peak = heatmap.flatten(1).max(dim=1).values[:, None, None]
@@ -67,8 +79,8 @@ def select_salient_cells(
 def select_background_cells(heatmap: Tensor, num_points: int, min_distance: int = 2) -> tuple[Tensor, Tensor]:
     """The `num_points` coldest cells of each `[B, g, g]` heatmap, `min_distance` apart: `(cells [B, n, 2], valid)`."""
     _check_heatmap(heatmap)
-    if num_points < 1:
-        raise ValueError(f"`num_points` must be >= 1, got {num_points}.")
+    _check_int("num_points", num_points, 1)
+    _check_int("min_distance", min_distance, 1, " (cells)")
     allowed = torch.ones_like(heatmap, dtype=torch.bool)
     return _greedy_spaced_cells(-heatmap.float(), allowed, num_points, min_distance)
 
@@ -145,8 +157,7 @@ def mask_enhanced_heatmap(heatmap: Tensor, mask: Tensor, alpha: float) -> Tensor
         `[B, g, g]` in [0, 1].
     """
     _check_heatmap(heatmap)
-    if not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
+    alpha = _check_fraction("alpha", alpha)
     if not isinstance(mask, Tensor) or mask.dim() != 3 or mask.shape[0] != heatmap.shape[0]:
         shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(f"`mask` must be a [{heatmap.shape[0]}, H, W] tensor (one per heatmap), got {shape}.")
@@ -166,7 +177,8 @@ def sample_patch_indices(gradcams: Tensor, num_patches: int, generator: torch.Ge
     """
     if not isinstance(gradcams, Tensor) or gradcams.dim() != 2:
         raise ValueError(f"`gradcams` must be a [batch, g*g] tensor, got {getattr(gradcams, 'shape', type(gradcams))}.")
-    if not 1 <= num_patches <= gradcams.shape[1]:
+    _check_int("num_patches", num_patches, 1)
+    if num_patches > gradcams.shape[1]:
         raise ValueError(f"`num_patches` must be in [1, {gradcams.shape[1]}], got {num_patches}.")
     weights = gradcams.float().clamp(min=0)
     # A map with no positive weight (e.g. an all-zero Grad-CAM) is sampled uniformly rather than failing.

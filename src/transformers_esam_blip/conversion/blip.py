@@ -1,18 +1,17 @@
 """LAVIS BLIP ITM and `transformers` BlipForImageTextRetrieval checkpoints → the `blip` half of EsamBlip: keys and config."""
 
-import json
 import math
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 from transformers import BlipTextConfig
 
 from ..configuration_esam_blip import EsamBlipConfig
 from ..modeling_blip_itm import EsamBlipImageTextModule
+from .files import check_state_dict, load_safetensors_file, load_torch_file, read_json_file, shard_path
 
 BlipSourceKind = Literal["lavis", "transformers"]
 _KINDS: tuple[str, ...] = ("lavis", "transformers")
@@ -105,7 +104,7 @@ def load_blip_source(src: str | Path) -> tuple[dict[str, Tensor], BlipSourceKind
     elif path.is_file():
         state_dict = _load_file(path)
     else:
-        raise FileNotFoundError(f"BLIP checkpoint not found: {path}")
+        raise FileNotFoundError(f"--blip: no such file or folder: {path}")
     if not state_dict:
         raise ValueError(f"The checkpoint at {path} holds no tensors.")
     kind = _detect_kind(state_dict, str(path))
@@ -121,7 +120,13 @@ def load_blip_source_config(src: str | Path) -> dict[str, Any] | None:
     config_file = Path(src) / "config.json"
     if not config_file.is_file():
         return None
-    return json.loads(config_file.read_text(encoding="utf-8"))
+    config = read_json_file(config_file, "--blip")
+    if not isinstance(config, dict):
+        raise ValueError(f"--blip: {config_file} must hold a JSON object (a BlipConfig), got {type(config).__name__}")
+    for part in ("vision_config", "text_config"):
+        if config.get(part) is not None and not isinstance(config[part], dict):
+            raise ValueError(f"--blip: {config_file} field {part!r} must be an object, got {config[part]!r:.60}")
+    return config
 
 
 def blip_configs_from_state_dict(
@@ -218,9 +223,7 @@ def blip_configs_from_state_dict(
             layer_norm_eps=1e-12, hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1
         )
     if source_config is not None:
-        _merge_source_config(
-            vision_config, source_config.get("vision_config") or {}, _VISION_SEMANTIC_FIELDS, "vision"
-        )
+        _merge_source_config(vision_config, source_config.get("vision_config") or {}, _VISION_SEMANTIC_FIELDS, "vision")
         _merge_source_config(text_config, source_config.get("text_config") or {}, _TEXT_SEMANTIC_FIELDS, "text")
         source_projection = source_config.get("image_text_hidden_size", projection_width)
         if source_projection != projection_width:
@@ -228,12 +231,23 @@ def blip_configs_from_state_dict(
                 f"source_config image_text_hidden_size is {source_projection} but the projections are "
                 f"{projection_width} wide."
             )
-    vision_config["num_attention_heads"] = _heads(
-        vision_heads, vision_config.get("num_attention_heads"), vision_width, "vision_heads", "ViT"
-    )
-    text_config["num_attention_heads"] = _heads(
-        text_heads, text_config.get("num_attention_heads"), text_width, "text_heads", "text encoder"
-    )
+    vision_from_config = vision_config.get("num_attention_heads")
+    text_from_config = text_config.get("num_attention_heads")
+    vision_config["num_attention_heads"] = _heads(vision_heads, vision_from_config, vision_width, "vision_heads", "ViT")
+    text_config["num_attention_heads"] = _heads(text_heads, text_from_config, text_width, "text_heads", "text encoder")
+    stated = {
+        "vision_heads": vision_heads is not None or vision_from_config is not None,
+        "text_heads": text_heads is not None or text_from_config is not None,
+    }
+    if stated["vision_heads"] != stated["text_heads"]:
+        # One half stated and the other guessed is how a wrong model gets built silently (e.g. 1 text head for 4).
+        guessed = "text_heads" if stated["vision_heads"] else "vision_heads"
+        given = "vision_heads" if guessed == "text_heads" else "text_heads"
+        raise ValueError(
+            f"`{given}` (--blip_{given}) is given but `{guessed}` (--blip_{guessed}) is not, and the source has no "
+            f"config stating it: give both (BLIP-base: 12 and 12); the default, width / {_DEFAULT_HEAD_DIM}, would "
+            f"be a guess."
+        )
     # Token ids the text config defaults to (BERT's) are out of range for small test vocabularies; ITM never uses them.
     for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id"):
         token_id = text_config.get(name, getattr(BlipTextConfig, name))
@@ -340,17 +354,22 @@ def _count_layers(state_dict: dict[str, Tensor], pattern: str) -> int:
 
 def _heads(given: int | None, from_config: int | None, width: int, name: str, part: str) -> int:
     if given is not None and from_config is not None and given != from_config:
-        raise ValueError(f"`{name}`={given} contradicts the source config's num_attention_heads={from_config}.")
+        raise ValueError(
+            f"`{name}`={given} (--blip_{name}) contradicts the source config's num_attention_heads={from_config} "
+            f"for the {part}; drop the flag (the config.json of the checkpoint folder states it)."
+        )
     heads = given if given is not None else from_config
     if heads is None:
         if width % _DEFAULT_HEAD_DIM:
             raise ValueError(
                 f"Cannot guess the {part} heads: its width {width} is not a multiple of {_DEFAULT_HEAD_DIM} "
-                f"(BLIP's head size). Pass `{name}`."
+                f"(BLIP's head size). Pass `{name}` (--blip_{name})."
             )
         heads = width // _DEFAULT_HEAD_DIM
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or width % heads:
-        raise ValueError(f"`{name}` must be a positive int dividing the {part} width {width}, got {heads!r}.")
+        raise ValueError(
+            f"`{name}` must be a positive int dividing the {part} width {width}, got {heads!r} (--blip_{name})."
+        )
     return heads
 
 
@@ -359,9 +378,7 @@ def _merge_source_config(
 ) -> None:
     for field, value in inferred.items():
         if field in source and field != "encoder_hidden_size" and source[field] != value:
-            raise ValueError(
-                f"source_config {part}_config.{field} is {source[field]!r} but the weights say {value!r}."
-            )
+            raise ValueError(f"source_config {part}_config.{field} is {source[field]!r} but the weights say {value!r}.")
     inferred.update({field: source[field] for field in semantic_fields if field in source})
 
 
@@ -378,13 +395,8 @@ def _detect_kind(state_dict: dict[str, Tensor], where: str) -> BlipSourceKind:
 
 def _load_file(path: Path) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
-        return load_file(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
-        checkpoint = checkpoint["model"]
-    if not isinstance(checkpoint, dict):
-        raise TypeError(f"{path} must hold a state dict or {{'model': state_dict}}, got {type(checkpoint).__name__}.")
-    return checkpoint
+        return check_state_dict(load_safetensors_file(path, "--blip"), path, "--blip")
+    return check_state_dict(load_torch_file(path, "--blip"), path, "--blip")
 
 
 def _load_transformers_folder(folder: Path) -> dict[str, Tensor]:
@@ -395,13 +407,17 @@ def _load_transformers_folder(folder: Path) -> dict[str, Tensor]:
         if (folder / weights_name).is_file():
             return _load_file(folder / weights_name)
         if (folder / index_name).is_file():
-            index = json.loads((folder / index_name).read_text(encoding="utf-8"))
+            index_path = folder / index_name
+            index = read_json_file(index_path, "--blip")
+            weight_map = index.get("weight_map") if isinstance(index, dict) else None
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ValueError(f"--blip: {index_path} has no `weight_map` object naming the shards")
             state_dict: dict[str, Tensor] = {}
-            for shard in sorted(set(index["weight_map"].values())):
-                state_dict.update(_load_file(folder / shard))
+            for shard in sorted(set(map(str, weight_map.values()))):
+                state_dict.update(_load_file(shard_path(folder, shard, index_path, "--blip")))
             return state_dict
     raise FileNotFoundError(
-        f"No transformers weights in {folder}: looked for model.safetensors, model.safetensors.index.json, "
+        f"--blip: no transformers weights in {folder}: looked for model.safetensors, model.safetensors.index.json, "
         "pytorch_model.bin and pytorch_model.bin.index.json."
     )
 

@@ -8,13 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
-from ..commands import CommandParser, run_command
+from ..commands import CommandParser, check_hub_repo, looks_like_hub_id, run_command
 from ..configuration_esam_blip import EsamBlipConfig
 from ..image_processing_esam_blip import EsamBlipImageProcessor
 from ..modeling_esam_blip import EsamBlipForImageTextMatching, EsamBlipForPromptableSegmentation
 from ..processing_esam_blip import EsamBlipProcessor, build_blip_tokenizer
-from .blip import blip_configs_from_state_dict, convert_blip_state_dict, load_blip_source
+from .blip import blip_configs_from_state_dict, convert_blip_state_dict, load_blip_source, load_blip_source_config
 from .efficient_sam import (
     convert_efficient_sam_state_dict,
     efficient_sam_configs_from_state_dict,
@@ -53,8 +54,74 @@ def render_model_card(template: str, values: dict[str, str]) -> str:
         template = template.replace("{{" + name + "}}", value)
     if "{{" in template:
         start = template.index("{{")
-        raise ValueError(f"Model card placeholder left unfilled: {template[start:template.index('}}', start) + 2]}")
+        raise ValueError(f"Model card placeholder left unfilled: {template[start : template.index('}}', start) + 2]}")
     return template
+
+
+def _check_flag(name: str, value: object, minimum: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ValueError(f"--{name} must be an int >= {minimum}, got {value!r}.")
+
+
+def _check_tokenizer(tokenizer: str | Path | None, blip: str | Path | None) -> None:
+    """Before any work: `--tokenizer` is given with `--blip`, and is an existing folder/vocab file or a Hub id."""
+    if blip is None:
+        if tokenizer is not None:
+            raise ValueError("--tokenizer is only used with --blip (the BLIP vocabulary); drop it or add --blip.")
+        return
+    if tokenizer is None:
+        raise ValueError("--tokenizer is required with --blip (the BLIP vocabulary with [DEC] and [ENC]).")
+    path = Path(tokenizer)
+    if path.is_dir():
+        if not any((path / name).is_file() for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json")):
+            raise ValueError(
+                f"--tokenizer {path} holds no tokenizer (no vocab.txt, tokenizer.json or tokenizer_config.json)."
+            )
+    elif not path.exists():
+        if not looks_like_hub_id(str(tokenizer)):
+            raise FileNotFoundError(
+                f"--tokenizer {path} does not exist (give a tokenizer folder, a vocab.txt or a Hub id)."
+            )
+        check_hub_repo(str(tokenizer), "--tokenizer", what="a tokenizer folder")
+
+
+def _prepare_output(output_dir: Path, overwrite: bool) -> tuple[Path, list[Path]]:
+    """
+    Check `--output_dir` can be written, before anything is converted, by creating the staging folder the checkpoint is
+    written to (a temporary sibling of `output_dir`). Returns it and the parent folders this created.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"--output_dir {output_dir} is a file; give a folder.")
+    if output_dir.exists() and not overwrite:
+        raise FileExistsError(f"--output_dir {output_dir} exists; pass --overwrite to replace it.")
+    created: list[Path] = []
+    parent = output_dir.absolute().parent
+    missing = parent
+    while not missing.exists():
+        created.append(missing)
+        missing = missing.parent
+    if not missing.is_dir():
+        raise NotADirectoryError(f"--output_dir {output_dir}: {missing} is a file, not a folder.")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=parent))
+        (staging / ".write-test").write_bytes(b"")
+        (staging / ".write-test").unlink()
+    except OSError as error:
+        _remove_created(created)
+        raise PermissionError(
+            error.errno,
+            f"--output_dir {output_dir}: cannot write in {missing if created else parent} ({error.strerror or error})",
+        ) from None
+    return staging, created
+
+
+def _remove_created(created: list[Path]) -> None:
+    for folder in created:  # innermost first
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def convert_checkpoint(
@@ -68,12 +135,20 @@ def convert_checkpoint(
     dtype: str = "float32",
     overwrite: bool = False,
     push_to_hub: str | None = None,
+    gradcam_block_num: int | None = None,
 ) -> Path:
     """
     Convert original checkpoints into one EsamBlip folder; see `python conversion/convert_esam_blip.py --help`.
 
-    The folder is written to a temporary sibling and renamed into place only when complete, so a failed run
-    leaves nothing half-written; an existing `output_dir` is replaced only with `overwrite=True`.
+    Every argument is checked, and `output_dir` is checked to be writable (its staging folder is created), before
+    anything is loaded. The folder is written to that temporary sibling and renamed into place only when complete,
+    so a failed run (a bad source, a full disk) leaves nothing half-written; an existing `output_dir` is replaced
+    only with `overwrite=True`.
+
+    Hyper-parameters come from the source's own config when it has one (a transformers BLIP folder's
+    `config.json`), else from the tensor shapes and the flags; a flag that contradicts the config is an error.
+    `gradcam_block_num` picks the text layer whose cross-attention Grad-CAM reads (default: see
+    [`blip_configs_from_state_dict`]); the choice is recorded in the model card and `conversion.json`.
 
     Returns:
         The output folder.
@@ -82,10 +157,61 @@ def convert_checkpoint(
         raise ValueError("Give --efficientsam and/or --blip: there is nothing to convert.")
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
+    for name, value in (("sam_num_heads", sam_num_heads), ("blip_vision_heads", blip_vision_heads)):
+        _check_flag(name, value, 1)
+    _check_flag("blip_text_heads", blip_text_heads, 1)
+    _check_flag("gradcam_block_num", gradcam_block_num, 0)
+    if efficientsam is None and sam_num_heads is not None:
+        raise ValueError("--sam_num_heads is only used with --efficientsam.")
+    if blip is None and (blip_vision_heads, blip_text_heads, gradcam_block_num) != (None, None, None):
+        raise ValueError("--blip_vision_heads, --blip_text_heads and --gradcam_block_num are only used with --blip.")
+    for name, source in (("--efficientsam", efficientsam), ("--blip", blip)):
+        if source is not None and not Path(source).exists():
+            raise FileNotFoundError(f"{name}: no such file{' or folder' if name == '--blip' else ''}: {source}")
+    _check_tokenizer(tokenizer, blip)
     output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"--output_dir {output_dir} exists; pass --overwrite to replace it.")
+    staging, created = _prepare_output(output_dir, overwrite)
+    try:
+        _convert_into(
+            staging, output_dir, efficientsam, blip, sam_num_heads, blip_vision_heads, blip_text_heads, tokenizer,
+            dtype, push_to_hub, gradcam_block_num,
+        )  # fmt: skip
+        if output_dir.exists():
+            backup = output_dir.with_name(f".{output_dir.name}.old")
+            output_dir.rename(backup)
+            staging.rename(output_dir)
+            shutil.rmtree(backup)
+        else:
+            staging.rename(output_dir)
+    except BaseException:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        _remove_created(created)
+        raise
 
+    if push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(push_to_hub, exist_ok=True)
+        api.upload_folder(folder_path=str(output_dir), repo_id=push_to_hub)
+    return output_dir
+
+
+def _convert_into(
+    staging: Path,
+    output_dir: Path,
+    efficientsam: str | Path | None,
+    blip: str | Path | None,
+    sam_num_heads: int | None,
+    blip_vision_heads: int | None,
+    blip_text_heads: int | None,
+    tokenizer: str | Path | None,
+    dtype: str,
+    push_to_hub: str | None,
+    gradcam_block_num: int | None,
+) -> None:
+    """Load, convert, check and save into `staging` (see [`convert_checkpoint`])."""
     config_kwargs: dict = {"segmentation": efficientsam is not None}
     weights: dict[str, torch.Tensor] = {}
     sources, notes = [], []
@@ -95,18 +221,39 @@ def convert_checkpoint(
         weights.update({f"model.sam.{k}": v for k, v in convert_efficient_sam_state_dict(sam_state).items()})
         sources.append(f"EfficientSAM `{Path(efficientsam).name}`")
     blip_tokenizer = None
+    record: dict = {}
     if blip is not None:
         blip_state, kind, ignored = load_blip_source(blip)
-        config_kwargs.update(
-            blip_configs_from_state_dict(blip_state, kind, vision_heads=blip_vision_heads, text_heads=blip_text_heads)
+        source_config = load_blip_source_config(blip) if kind == "transformers" and Path(blip).is_dir() else None
+        blip_kwargs = blip_configs_from_state_dict(
+            blip_state, kind, vision_heads=blip_vision_heads, text_heads=blip_text_heads, source_config=source_config
         )
+        num_text_layers = blip_kwargs["text_config"]["num_hidden_layers"]
+        if gradcam_block_num is not None:
+            if gradcam_block_num >= num_text_layers:
+                raise ValueError(
+                    f"--gradcam_block_num must be in [0, {num_text_layers - 1}] (the text encoder has "
+                    f"{num_text_layers} layers), got {gradcam_block_num}."
+                )
+            blip_kwargs["gradcam_block_num"] = gradcam_block_num
+        config_kwargs.update(blip_kwargs)
         weights.update({f"model.blip.{k}": v for k, v in convert_blip_state_dict(blip_state, kind).items()})
         sources.append(f"BLIP ({kind}) `{Path(blip).name}`")
+        heads = (blip_kwargs["vision_config"]["num_attention_heads"], blip_kwargs["text_config"]["num_attention_heads"])
+        origin = "the source's config.json" if source_config is not None else "the flags or width / 64"
+        notes.append(f"BLIP attention heads: ViT {heads[0]}, text encoder {heads[1]} (from {origin}).")
+        chosen = "--gradcam_block_num" if gradcam_block_num is not None else "the default"
+        notes.append(
+            f"Grad-CAM reads the cross-attention of text layer {blip_kwargs['gradcam_block_num']} of "
+            f"{num_text_layers} (`gradcam_block_num`, {chosen})."
+        )
+        record["gradcam_block_num"] = blip_kwargs["gradcam_block_num"]
         if ignored:
             notes.append(f"Ignored {len(ignored)} keys of the BLIP source (momentum encoders, queues): {ignored}")
-        if tokenizer is None:
-            raise ValueError("--tokenizer is required with --blip (the BLIP vocabulary with [DEC] and [ENC]).")
-        blip_tokenizer = build_blip_tokenizer(tokenizer)
+        try:
+            blip_tokenizer = build_blip_tokenizer(tokenizer)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"--tokenizer {tokenizer} does not load as a BERT tokenizer: {error}") from None
         config_kwargs["enc_token_id"] = blip_tokenizer.convert_tokens_to_ids("[ENC]")
 
     config = EsamBlipConfig(**config_kwargs)
@@ -122,14 +269,16 @@ def convert_checkpoint(
         blip_image_size=config.vision_config.image_size if config.has_blip else None,
         max_num_points=config.prompt_encoder_config.max_num_points if config.has_segmentation else 6,
     )
-    processor = EsamBlipProcessor(image_processor=image_processor, tokenizer=blip_tokenizer, max_txt_len=config.max_txt_len)
+    processor = EsamBlipProcessor(
+        image_processor=image_processor, tokenizer=blip_tokenizer, max_txt_len=config.max_txt_len
+    )
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        parts = [name for name, present in (("EfficientSAM", config.has_segmentation), ("BLIP", config.has_blip)) if present]
+        parts = [
+            name for name, present in (("EfficientSAM", config.has_segmentation), ("BLIP", config.has_blip)) if present
+        ]
         card = render_model_card(
             MODEL_CARD_TEMPLATE.read_text(encoding="utf-8"),
             {
@@ -144,26 +293,13 @@ def convert_checkpoint(
         )
         (staging / "README.md").write_text(card, encoding="utf-8")
         (staging / "conversion.json").write_text(
-            json.dumps({"sources": sources, "dtype": dtype, "notes": notes}, indent=2), encoding="utf-8"
+            json.dumps({"sources": sources, "dtype": dtype, **record, "notes": notes}, indent=2), encoding="utf-8"
         )
-        if output_dir.exists():
-            backup = output_dir.with_name(f".{output_dir.name}.old")
-            output_dir.rename(backup)
-            staging.rename(output_dir)
-            shutil.rmtree(backup)
-        else:
-            staging.rename(output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-
-    if push_to_hub:
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-        api.create_repo(push_to_hub, exist_ok=True)
-        api.upload_folder(folder_path=str(output_dir), repo_id=push_to_hub)
-    return output_dir
+    except (OSError, SafetensorError) as error:  # a full disk, a quota, a folder removed under us
+        detail = " ".join(str(error).split())
+        raise OSError(
+            f"--output_dir {output_dir}: writing the checkpoint failed ({detail}); nothing was written"
+        ) from error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -182,7 +318,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--blip_text_heads", type=int, help="BLIP text heads for LAVIS checkpoints (default: width / 64)"
     )
-    parser.add_argument("--tokenizer", type=Path, help="BLIP BERT tokenizer folder (vocab with [DEC] and [ENC])")
+    parser.add_argument(
+        "--tokenizer", type=Path, help="BLIP BERT tokenizer folder or vocab.txt (with --blip; [DEC]/[ENC] are added)"
+    )
+    parser.add_argument(
+        "--gradcam_block_num",
+        type=int,
+        help="text layer (0-based) whose cross-attention Grad-CAM reads (default: 7 as LAVIS/PnP-VQA, or the "
+        "second-to-last layer of shallower encoders); recorded in the model card",
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
     parser.add_argument("--push_to_hub", metavar="REPO_ID", help="upload the folder to this Hub repository")
@@ -198,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     """Convert as the parsed command line says (`conversion/convert_esam_blip.py` / `esam-blip convert`)."""
     names = ("efficientsam", "blip", "output_dir", "sam_num_heads", "blip_vision_heads", "blip_text_heads")
-    names += ("tokenizer", "dtype", "overwrite", "push_to_hub")
+    names += ("tokenizer", "dtype", "overwrite", "push_to_hub", "gradcam_block_num")
     print(f"Wrote {convert_checkpoint(**{name: getattr(args, name) for name in names})}")
 
 

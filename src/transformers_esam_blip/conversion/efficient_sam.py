@@ -10,6 +10,7 @@ from ..configuration_esam_blip import (
     EfficientSamPromptEncoderConfig,
     EfficientSamVisionConfig,
 )
+from .files import check_state_dict, load_torch_file
 
 # (original pattern, our replacement); every original key must match exactly one rule.
 _KEY_RULES: list[tuple[str, str]] = [
@@ -51,10 +52,19 @@ _KEY_RULES: list[tuple[str, str]] = [
         r"^mask_decoder\.transformer\.final_attn_token_to_image\.(q_proj|k_proj|v_proj|out_proj)\.(weight|bias)$",
         r"mask_decoder.transformer.final_attn_token_to_image.\1.\2",
     ),
-    (r"^mask_decoder\.transformer\.norm_final_attn\.(weight|bias)$", r"mask_decoder.transformer.layer_norm_final_attn.\1"),
+    (
+        r"^mask_decoder\.transformer\.norm_final_attn\.(weight|bias)$",
+        r"mask_decoder.transformer.layer_norm_final_attn.\1",
+    ),
     (r"^mask_decoder\.(iou_token|mask_tokens)\.weight$", r"mask_decoder.\1.weight"),
-    (r"^mask_decoder\.final_output_upscaling_layers\.(\d+)\.0\.(weight|bias)$", r"mask_decoder.upscaling_layers.\1.conv.\2"),
-    (r"^mask_decoder\.final_output_upscaling_layers\.(\d+)\.1\.(weight|bias)$", r"mask_decoder.upscaling_layers.\1.norm.\2"),
+    (
+        r"^mask_decoder\.final_output_upscaling_layers\.(\d+)\.0\.(weight|bias)$",
+        r"mask_decoder.upscaling_layers.\1.conv.\2",
+    ),
+    (
+        r"^mask_decoder\.final_output_upscaling_layers\.(\d+)\.1\.(weight|bias)$",
+        r"mask_decoder.upscaling_layers.\1.norm.\2",
+    ),
     (
         r"^mask_decoder\.(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.layers\.(\d+)\.0\.(weight|bias)$",
         r"mask_decoder.\1.layers.\2.\3",
@@ -70,13 +80,7 @@ _COMPILED_RULES = [(re.compile(pattern), replacement) for pattern, replacement i
 def load_efficient_sam_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an original checkpoint (`{"model": state_dict}` or a bare state dict) without unpickling objects."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--efficientsam: no such file: {path}")
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-    state_dict = loaded.get("model", loaded) if isinstance(loaded, dict) else None
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"--efficientsam: {path} holds no state dict (expected {{'model': state_dict}} or a state dict).")
-    return state_dict
+    return check_state_dict(load_torch_file(path, "--efficientsam"), path, "--efficientsam")
 
 
 def rename_efficient_sam_key(key: str) -> str | None:
@@ -129,6 +133,8 @@ def efficient_sam_configs_from_state_dict(
     patch_weight = state_dict["image_encoder.patch_embed.proj.weight"]
     width, patch_size = patch_weight.shape[0], patch_weight.shape[-1]
     num_heads = num_heads if num_heads is not None else max(width // 64, 1)
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"--sam_num_heads must be a positive int, got {num_heads!r}.")
     if width % num_heads:
         raise ValueError(f"--sam_num_heads: {num_heads} heads do not divide the encoder width {width}.")
     num_positions = state_dict["image_encoder.pos_embed"].shape[1] - 1
@@ -183,7 +189,9 @@ def convert_efficient_sam_state_dict(state_dict: dict[str, torch.Tensor]) -> dic
         else:
             converted[new_key] = value
     if unknown:
-        raise ValueError(f"--efficientsam: {len(unknown)} unknown keys (not an original EfficientSAM layout): {unknown}")
+        raise ValueError(
+            f"--efficientsam: {len(unknown)} unknown keys (not an original EfficientSAM layout): {unknown}"
+        )
     return converted
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import datasets
 import numpy as np
 import PIL.Image
+from datasets.exceptions import DatasetsError
 
 from .masks import bool_to_mask_image, decode_rle, mask_to_bool, polygons_to_mask
 
@@ -113,13 +114,13 @@ def _to_canonical(
     return {"image": image, "text": text, "mask": bool_to_mask_image(mask), "match_label": int(match_label)}
 
 
-def _load_metadata(folder: Path, **load_kwargs: Any) -> datasets.Dataset:
+def check_metadata_file(folder: str | os.PathLike) -> Path:
     """
-    The folder's metadata file as a dataset, `file_name` renamed `image` and `<name>_file_name` renamed `<name>` (file
-    names stay strings, resolved against the folder later). Read directly rather than with `imagefolder`, which
-    scans every file of the folder and, in `datasets` 5.2, gives a `mask_file_name` listed before `file_name` the
-    image's file.
+    The metadata file of a referring-data folder, checked before `datasets` reads it: present, not empty, and for
+    `metadata.jsonl` one JSON object per line. Returns its path; raises a `ValueError` naming the file and the line
+    otherwise (instead of a bare `StopIteration` or a `DatasetGenerationError` from `datasets`).
     """
+    folder = Path(folder)
     metadata = next((folder / name for name in METADATA_FILES if (folder / name).is_file()), None)
     if metadata is None:
         raise ValueError(
@@ -128,8 +129,47 @@ def _load_metadata(folder: Path, **load_kwargs: Any) -> datasets.Dataset:
             '"text": "the red circle", "mask_file_name": "masks/1.png"} (or a "mask" field holding a COCO RLE or '
             "polygons); see `load_referring_dataset`."
         )
+    if metadata.stat().st_size == 0:
+        raise ValueError(f"{metadata} is empty: the dataset holds no examples.")
+    if metadata.suffix == ".jsonl":
+        rows = 0
+        with metadata.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                    raise ValueError(f"{metadata} line {number} is not JSON ({error}): {line[:60]!r}.") from None
+                if not isinstance(row, dict):
+                    raise ValueError(
+                        f"{metadata} line {number} must be a JSON object (one example), got {type(row).__name__}."
+                    )
+                rows += 1
+        if rows == 0:
+            raise ValueError(f"{metadata} holds only blank lines: the dataset holds no examples.")
+    elif metadata.suffix == ".csv":
+        with metadata.open("rb") as handle:
+            if sum(1 for line in handle if line.strip()) < 2:
+                raise ValueError(f"{metadata} holds a header at most: the dataset holds no examples.")
+    return metadata
+
+
+def _load_metadata(folder: Path, **load_kwargs: Any) -> datasets.Dataset:
+    """
+    The folder's metadata file as a dataset, `file_name` renamed `image` and `<name>_file_name` renamed `<name>` (file
+    names stay strings, resolved against the folder later). Read directly rather than with `imagefolder`, which
+    scans every file of the folder and, in `datasets` 5.2, gives a `mask_file_name` listed before `file_name` the
+    image's file.
+    """
+    metadata = check_metadata_file(folder)
     builder = {".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}[metadata.suffix]
-    dataset = datasets.load_dataset(builder, data_files=str(metadata), split="train", **load_kwargs)
+    try:
+        dataset = datasets.load_dataset(builder, data_files=str(metadata), split="train", **load_kwargs)
+    except (DatasetsError, StopIteration) as error:  # `datasets` wraps the parser's error, or finds no rows
+        cause = error.__cause__ or error.__context__
+        detail = " ".join(str(cause if cause is not None else error).split()) or type(error).__name__
+        raise ValueError(f"{metadata} could not be read as a {builder} table: {detail}.") from error
     renames = {
         column: "image" if column == "file_name" else column.removesuffix("_file_name")
         for column in dataset.column_names
@@ -233,6 +273,8 @@ def load_referring_dataset(
     if match_label_column is not None:
         columns["match_label"] = match_label_column
         arguments["match_label"] = "match_label_column"
+    if len(dataset) == 0:
+        raise ValueError(f"The dataset {path_or_repo} holds no examples (split {split or 'train'!r} is empty).")
     root = Path(path_or_repo).resolve() if Path(path_or_repo).is_dir() else None
     for role, column in columns.items():
         if column not in dataset.column_names:
@@ -260,4 +302,4 @@ def load_referring_dataset(
     )
 
 
-__all__ = ["MASK_FORMATS", "METADATA_FILES", "REFERRING_FEATURES", "load_referring_dataset"]
+__all__ = ["MASK_FORMATS", "METADATA_FILES", "REFERRING_FEATURES", "check_metadata_file", "load_referring_dataset"]

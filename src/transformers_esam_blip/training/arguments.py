@@ -14,7 +14,7 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from ..builtin import BUILTIN_PRESETS
-from ..commands import CliError, CommandParser
+from ..commands import CliError, CommandParser, check_writable
 from ..configuration_esam_blip import PROMPTER_SOURCES
 from ..fusion import fusion_type_choices
 from ..text_prompt_strategies import text_prompt_mode_choices
@@ -232,6 +232,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise CliError(f"--learning_rate must be > 0, got {args.learning_rate}")
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise CliError(f"--output_dir {args.output_dir} is a file")
+    check_writable(args.output_dir, "--output_dir", folder=True)
     checkpoint = args.resume_from_checkpoint
     if isinstance(checkpoint, str) and not Path(checkpoint).is_dir():
         raise CliError(f"--resume_from_checkpoint {checkpoint} is not a checkpoint folder")

@@ -19,6 +19,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from ..builtin_presets import build_preset_config, build_preset_processor
 from ..commands import CliError, load_checkpoint_config, looks_like_hub_id, run_command
 from ..data import load_referring_dataset, synthetic_referring_dataset
+from ..data.user_data import check_metadata_file
 from ..modeling_esam_blip import (
     EsamBlipForImageTextMatching,
     EsamBlipForPromptableSegmentation,
@@ -63,9 +64,33 @@ def load_dataset(
             max_side=3 * side // 8,
             shared_attribute_fraction=shared_attribute_fraction,
         )
-    if not Path(source).exists() and not looks_like_hub_id(source):
-        raise CliError(f"dataset {source} does not exist (give 'synthetic', a folder or a Hub dataset id)")
-    return load_referring_dataset(source, split=split, cache_dir=args.cache_dir)
+    check_dataset_source(source)
+    try:
+        return load_referring_dataset(source, split=split, cache_dir=args.cache_dir)
+    except StopIteration as error:  # `datasets` lets one escape from an empty or unreadable source
+        raise CliError(f"dataset {source} holds no examples, or none it can read") from error
+
+
+def check_dataset_source(source: str, argument: str = "--dataset") -> None:
+    """
+    Before any progress is printed: a local dataset folder exists and its metadata file reads (see
+    [`check_metadata_file`]); a Hub id is left to `datasets`.
+    """
+    if source == "synthetic":
+        return
+    path = Path(source)
+    if not path.exists():
+        if not looks_like_hub_id(source):
+            raise CliError(f"{argument} {source} does not exist (give 'synthetic', a folder or a Hub dataset id)")
+        return
+    if not path.is_dir():
+        raise CliError(f"{argument} {source} is a file; give the folder that holds it and its metadata.jsonl")
+    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+        return  # written by `save_to_disk`
+    try:
+        check_metadata_file(path)
+    except ValueError as error:
+        raise CliError(f"{argument} {source}: {error}") from error
 
 
 def load_model(args: argparse.Namespace) -> tuple[EsamBlipForPromptableSegmentation, EsamBlipProcessor]:
@@ -133,6 +158,9 @@ def _report(trainer: Trainer, global_step: int, evaluate: bool, args: argparse.N
 def run(args: argparse.Namespace) -> None:
     """Train as the parsed command line says (`python -m transformers_esam_blip.training` / `esam-blip train`)."""
     check_arguments(args)
+    check_dataset_source(args.dataset, "--dataset")
+    if args.eval_dataset is not None:
+        check_dataset_source(args.eval_dataset, "--eval_dataset")
     training_args = command_training_arguments(args)
     if _single_process_under_accelerate_cpu(training_args):
         _progress(
@@ -168,6 +196,9 @@ def run(args: argparse.Namespace) -> None:
                 eval_seed,
                 args,
             )
+    for name, dataset in (("--dataset", train_dataset), ("--eval_dataset", eval_dataset)):
+        if dataset is not None and len(dataset) == 0:
+            raise CliError(f"{name} {getattr(args, name[2:])} holds no examples")
     _progress(
         f"Model: {trainable:,} of {total:,} parameters train (--freeze {args.freeze}); {len(train_dataset)} training "
         f"examples; {training_args.world_size} process(es) on {training_args.device}",
@@ -190,4 +221,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(build_parser(), run, argv)
 
 
-__all__ = ["load_dataset", "load_model", "main", "run"]
+__all__ = ["check_dataset_source", "load_dataset", "load_model", "main", "run"]
