@@ -36,14 +36,19 @@ def main() -> None:
 
     def ours(ids: torch.Tensor, mask: torch.Tensor):
         with torch.no_grad():
-            return model(pixel_values=pixel_values, blip_pixel_values=blip_pixel_values, input_ids=ids,
-                         attention_mask=mask)
+            return model(
+                pixel_values=pixel_values, blip_pixel_values=blip_pixel_values, input_ids=ids, attention_mask=mask
+            )
 
     def lavis_compose(ids: torch.Tensor, mask: torch.Tensor):
         gradcam = lavis_style_gradcam(blip, blip_pixel_values, ids, mask)
         points, labels = heatmap_to_prompts(
-            gradcam[:, 1], 1024, config.text_prompt_num_points, config.text_prompt_min_distance,
-            config.text_prompt_threshold, config.text_prompt_num_background_points,
+            gradcam[:, 1],
+            1024,
+            config.text_prompt_num_points,
+            config.text_prompt_min_distance,
+            config.text_prompt_threshold,
+            config.text_prompt_num_background_points,
         )
         with torch.no_grad():
             return model(pixel_values=pixel_values, input_points=points[:, None], input_labels=labels[:, None])
@@ -57,8 +62,10 @@ def main() -> None:
     eight_batched = median_time(lambda: ours(input_ids, attention_mask), args.repeats)
     eight_separate = median_time(lambda: [ours(input_ids[i : i + 1], attention_mask[i : i + 1]) for i in range(8)], 1)
 
-    print(f"threads: {torch.get_num_threads()}, BLIP-base ITM + EfficientSAM-Ti (random weights), "
-          f"max |mask logits ours - compose| = {difference:.1e}")
+    print(
+        f"threads: {torch.get_num_threads()}, BLIP-base ITM + EfficientSAM-Ti (random weights), "
+        f"max |mask logits ours - compose| = {difference:.1e}"
+    )
     print("| text → mask, one image | time (s) | ratio |")
     print("|---|---:|---:|")
     print(f"| LAVIS-style compose (full backward Grad-CAM, then EfficientSAM re-encodes) | {lavis_time:.2f} | 1.00 |")

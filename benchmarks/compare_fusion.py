@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from transformers_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipProcessor
-from transformers_esam_blip.fusion import fusion_type_choices
 from transformers_esam_blip.data import synthetic_referring_dataset
 from transformers_esam_blip.evaluation import DEFAULT_TEST_SEED, evaluate_referring_segmentation
+from transformers_esam_blip.fusion import fusion_type_choices
 from transformers_esam_blip.training import main as train
 
 

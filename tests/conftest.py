@@ -14,7 +14,6 @@ EFFICIENTSAM_FIXTURE = FIXTURES / "efficientsam" / "visible_vits_d1"
 LAVIS_FIXTURE = FIXTURES / "lavis_blip_itm" / "fixture_C"
 
 
-
 def tiny_sam_config(**overrides) -> EsamBlipConfig:
     return EsamBlipConfig(**tiny_sam_config_kwargs(), **overrides)
 

@@ -378,10 +378,21 @@ def test_real_blip_base_key_list_converts():
 
 def _tiny_blip_module() -> EsamBlipImageTextModule:
     config = EsamBlipConfig(
-        vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32,
-                       "patch_size": 16, "intermediate_size": 64},
-        text_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
-                     "vocab_size": 50},
+        vision_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 16,
+            "intermediate_size": 64,
+        },
+        text_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "vocab_size": 50,
+        },
         image_text_hidden_size=8,
         enc_token_id=3,
         gradcam_block_num=1,

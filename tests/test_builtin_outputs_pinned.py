@@ -60,7 +60,9 @@ def test_text_prompts_are_unchanged(builtin, mode):
 def test_point_and_box_prompts_are_unchanged(builtin):
     model, processor, image = builtin
     texts = processor(images=image, text=["the red circle"], return_tensors="pt")
-    inputs = processor(images=image, input_points=[[[[40, 50]]]], input_boxes=[[[10, 20, 90, 100]]], return_tensors="pt")
+    inputs = processor(
+        images=image, input_points=[[[[40, 50]]]], input_boxes=[[[10, 20, 90, 100]]], return_tensors="pt"
+    )
     with torch.no_grad():
         out = model(
             pixel_values=inputs["pixel_values"],

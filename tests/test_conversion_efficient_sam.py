@@ -152,7 +152,9 @@ def test_real_checkpoint_layouts_are_fully_mapped(variant):
 
     converted = {k: tuple(v.shape) for k, v in convert_efficient_sam_state_dict(state).items()}
     assert converted == expected
-    assert sum(np.prod(s) for s in shapes.values()) / 1e6 == pytest.approx({"vitt": 10.2, "vits": 26.4}[variant], abs=0.1)
+    assert sum(np.prod(s) for s in shapes.values()) / 1e6 == pytest.approx(
+        {"vitt": 10.2, "vits": 26.4}[variant], abs=0.1
+    )
 
 
 def test_cli_reports_one_clear_line(tmp_path):

@@ -50,7 +50,11 @@ def test_image_inputs(segmenter, kwargs, error, message):
     ],
 )  # fmt: skip
 def test_text_inputs(segmenter, kwargs, error, message):
-    inputs = {"pixel_values": torch.zeros(1, 3, 64, 64), "blip_pixel_values": torch.zeros(1, 3, 32, 32), "input_ids": IDS}
+    inputs = {
+        "pixel_values": torch.zeros(1, 3, 64, 64),
+        "blip_pixel_values": torch.zeros(1, 3, 32, 32),
+        "input_ids": IDS,
+    }
     with pytest.raises(error, match=message):
         segmenter(**{**inputs, **kwargs})
 

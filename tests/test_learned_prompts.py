@@ -191,7 +191,9 @@ def test_learned_mode_errors():
     no_prompter = EsamBlipForPromptableSegmentation(tiny_joint_config()).eval()
     with pytest.raises(ValueError, match=r"needs a learned text prompter, but config.prompter_source is None"):
         no_prompter(**_batch())
-    with pytest.raises(ValueError, match=r"`text_prompt_mode` must be one of \('auto', 'gradcam', 'learned'\), got 'magic'"):
+    with pytest.raises(
+        ValueError, match=r"`text_prompt_mode` must be one of \('auto', 'gradcam', 'learned'\), got 'magic'"
+    ):
         no_prompter(**{**_batch(), "text_prompt_mode": "magic"})
 
 

@@ -126,7 +126,10 @@ TESTERS = [
         name="joint_base",
         model_class=EsamBlipModel,
         config_kwargs=BLIP_CONFIG,
-        make_inputs=lambda n: {"pixel_values": torch.randn(n, 3, 64, 64), "blip_pixel_values": torch.randn(n, 3, 32, 32)},
+        make_inputs=lambda n: {
+            "pixel_values": torch.randn(n, 3, 64, 64),
+            "blip_pixel_values": torch.randn(n, 3, 32, 32),
+        },
         prediction_fields=("image_embeddings", "blip_image_embeds"),
         no_training_reason="the base model has no loss",
         uses_blip=True,
@@ -420,7 +423,9 @@ def test_gradient_checkpointing_gives_identical_gradients(tester, use_reentrant)
         if reference[name] is None:
             assert grad is None, name
         else:
-            torch.testing.assert_close(grad, reference[name], rtol=0, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+            torch.testing.assert_close(
+                grad, reference[name], rtol=0, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}"
+            )
     model.gradient_checkpointing_disable()
     assert not model.is_gradient_checkpointing
 

@@ -13,15 +13,23 @@ from transformers_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipIm
 @pytest.fixture
 def generator():
     model = EsamBlipForPromptableSegmentation(tiny_sam_config()).eval()
-    return pipeline("mask-generation", model=model, image_processor=EsamBlipImageProcessor(sam_image_size=64),
-                    device="cpu")
+    return pipeline(
+        "mask-generation", model=model, image_processor=EsamBlipImageProcessor(sam_image_size=64), device="cpu"
+    )
 
 
 @pytest.mark.parametrize("crops_n_layers", [0, 1])
 def test_mask_generation_returns_masks_at_original_size(generator, crops_n_layers):
     image = Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8))
-    out = generator(image, points_per_batch=7, points_per_crop=4, crops_n_layers=crops_n_layers,
-                    pred_iou_thresh=0.0, stability_score_thresh=0.0, output_bboxes_mask=True)
+    out = generator(
+        image,
+        points_per_batch=7,
+        points_per_crop=4,
+        crops_n_layers=crops_n_layers,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        output_bboxes_mask=True,
+    )
     assert len(out["masks"]) >= 1
     assert len(out["masks"]) == len(out["scores"]) == len(out["bounding_boxes"])
     for mask in out["masks"]:

@@ -51,7 +51,9 @@ def _points(batch=1, queries=2, points=2):
 )  # fmt: skip
 def test_validation_names_the_argument(kwargs, error, message):
     with pytest.raises(error, match=message):
-        validate_point_and_box_prompts(1, FRAME, kwargs.get("input_points"), kwargs.get("input_labels"), kwargs.get("input_boxes"))
+        validate_point_and_box_prompts(
+            1, FRAME, kwargs.get("input_points"), kwargs.get("input_labels"), kwargs.get("input_boxes")
+        )
 
 
 def test_integral_float_labels_and_padding_points_outside_the_frame_are_accepted():
@@ -74,9 +76,10 @@ def test_the_model_validates_at_its_boundary_with_the_module_messages():
 def test_assembly_puts_box_corners_after_points_and_pads():
     points, labels = assemble_prompts(_points(queries=1, points=1), None, torch.tensor([[[1.0, 2.0, 3.0, 4.0]]]), 6)
     assert points.shape == (1, 1, 6, 2)
-    assert labels[0, 0].tolist() == [PromptLabel.FOREGROUND, PromptLabel.BOX_TOP_LEFT, PromptLabel.BOX_BOTTOM_RIGHT] + [
-        PromptLabel.PADDING
-    ] * 3
+    assert (
+        labels[0, 0].tolist()
+        == [PromptLabel.FOREGROUND, PromptLabel.BOX_TOP_LEFT, PromptLabel.BOX_BOTTOM_RIGHT] + [PromptLabel.PADDING] * 3
+    )
     assert points[0, 0, 1:3].flatten().tolist() == [1.0, 2.0, 3.0, 4.0]
     assert (points[0, 0, 3:] == -1).all()
 
@@ -102,7 +105,10 @@ class _PointBoxPath(torch.nn.Module):
 
     def forward(self, image_embeddings, input_points, input_labels, input_boxes):
         out = self.model(
-            image_embeddings=image_embeddings, input_points=input_points, input_labels=input_labels, input_boxes=input_boxes
+            image_embeddings=image_embeddings,
+            input_points=input_points,
+            input_labels=input_labels,
+            input_boxes=input_boxes,
         )
         return out.pred_masks, out.iou_scores
 
@@ -130,7 +136,12 @@ def test_torch_export_with_a_dynamic_number_of_queries():
     model = _PointBoxPath(EsamBlipForPromptableSegmentation(tiny_sam_config()).eval())
     embeddings = torch.randn(1, 16, 8, 8)
     queries = torch.export.Dim("queries", min=1, max=64)
-    dynamic = {"image_embeddings": None, "input_points": {1: queries}, "input_labels": {1: queries}, "input_boxes": {1: queries}}
+    dynamic = {
+        "image_embeddings": None,
+        "input_points": {1: queries},
+        "input_labels": {1: queries},
+        "input_boxes": {1: queries},
+    }
     exported = torch.export.export(model, (embeddings, *_prompts(2)), dynamic_shapes=dynamic)
     for num_queries in (1, 3, 7):
         args = (embeddings, *_prompts(num_queries))

@@ -88,7 +88,11 @@ def test_gradcam_settings_are_overridable_per_call():
     with pytest.raises(TypeError, match="`match_threshold` must be a number"):
         model(**inputs, match_threshold="high")
     with pytest.raises(ValueError, match="`text_prompt_kwargs` configure text prompts"):
-        model(pixel_values=inputs["pixel_values"], input_points=torch.rand(1, 1, 1, 2) * 64, text_prompt_kwargs={"num_points": 2})
+        model(
+            pixel_values=inputs["pixel_values"],
+            input_points=torch.rand(1, 1, 1, 2) * 64,
+            text_prompt_kwargs={"num_points": 2},
+        )
 
 
 @pytest.fixture

@@ -54,8 +54,9 @@ def test_cells_map_to_cell_centres():
 def test_heatmap_to_prompts_pads_and_labels():
     heatmap = torch.zeros(1, 4, 4)
     heatmap[0, 0, 0] = 1.0
-    points, labels = heatmap_to_prompts(heatmap, 64, num_points=2, min_distance=1, threshold=0.5,
-                                        num_background_points=1)
+    points, labels = heatmap_to_prompts(
+        heatmap, 64, num_points=2, min_distance=1, threshold=0.5, num_background_points=1
+    )
     assert labels.tolist() == [[1, -1, 0]]
     assert points[0, 0].tolist() == [8.0, 8.0] and points[0, 1].tolist() == [-1.0, -1.0]
 
@@ -130,21 +131,26 @@ def test_text_mode_equals_point_mode_for_several_texts_on_one_image(joint, image
     with torch.no_grad():
         out = model(**inputs)
         embeddings = out.image_embeddings.expand(len(texts), -1, -1, -1)
-        points = model(image_embeddings=embeddings, input_points=out.prompt_points[:, None],
-                       input_labels=out.prompt_labels[:, None])
+        points = model(
+            image_embeddings=embeddings,
+            input_points=out.prompt_points[:, None],
+            input_labels=out.prompt_labels[:, None],
+        )
     assert out.image_embeddings.shape[0] == 1  # encoded once for the three texts
     assert out.pred_masks.shape == (3, 1, 3, 256, 256)
     torch.testing.assert_close(out.pred_masks, points.pred_masks, rtol=0, atol=0)
     torch.testing.assert_close(out.iou_scores, points.iou_scores, rtol=0, atol=0)
 
     config = model.config
-    cells, valid = select_salient_cells(out.heatmap, config.text_prompt_num_points, config.text_prompt_min_distance,
-                                        config.text_prompt_threshold)
+    cells, valid = select_salient_cells(
+        out.heatmap, config.text_prompt_num_points, config.text_prompt_min_distance, config.text_prompt_threshold
+    )
     expected = cells_to_points(cells, 7, 1024).masked_fill(~valid[..., None], -1.0)
     torch.testing.assert_close(out.prompt_points, expected)
     assert (out.heatmap.amax(dim=(1, 2)) > 0).all()
-    gradcam = model.model.blip.compute_gradcam(inputs["input_ids"], inputs["attention_mask"],
-                                               out.blip_image_embeds.expand(3, -1, -1))[0]
+    gradcam = model.model.blip.compute_gradcam(
+        inputs["input_ids"], inputs["attention_mask"], out.blip_image_embeds.expand(3, -1, -1)
+    )[0]
     torch.testing.assert_close(out.heatmap, gradcam[:, 1])
 
     assert out.enhanced_heatmap.shape == (3, 7, 7) and out.gradcams.shape == (3, 49)
@@ -160,7 +166,9 @@ def test_text_mode_batch_of_images_equals_one_by_one(joint, images):
     texts = ["two dogs on the grass", "a red bus"]
     with torch.no_grad():
         batched = model(**processor(images=images, text=texts, return_tensors="pt"))
-        single = [model(**processor(images=image, text=[text], return_tensors="pt")) for image, text in zip(images, texts)]
+        single = [
+            model(**processor(images=image, text=[text], return_tensors="pt")) for image, text in zip(images, texts)
+        ]
     for index, out in enumerate(single):
         torch.testing.assert_close(batched.pred_masks[index], out.pred_masks[0], rtol=0, atol=1e-4)
         torch.testing.assert_close(batched.prompt_points[index], out.prompt_points[0])
@@ -179,8 +187,12 @@ def test_text_mixed_with_user_points_and_absent_objects(joint, images):
         torch.testing.assert_close(mixed.pred_masks, reference.pred_masks, rtol=0, atol=0)
         model.config.match_threshold = 1.0  # nothing is certain enough: every text is reported absent
         try:
-            absent = model(image_embeddings=mixed.image_embeddings, blip_image_embeds=mixed.blip_image_embeds,
-                           input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            absent = model(
+                image_embeddings=mixed.image_embeddings,
+                blip_image_embeds=mixed.blip_image_embeds,
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+            )
         finally:
             model.config.match_threshold = 0.5
     assert not absent.is_match.any()
@@ -196,8 +208,9 @@ def test_text_mode_errors(joint, images):
     with pytest.raises(ValueError, match="exactly one of `blip_pixel_values` and `blip_image_embeds`"):
         model(image_embeddings=embeddings, input_ids=inputs["input_ids"])
     with pytest.raises(ValueError, match="text_prompt_mode"):
-        model(image_embeddings=embeddings, blip_image_embeds=blip, input_ids=inputs["input_ids"],
-              text_prompt_mode="magic")
+        model(
+            image_embeddings=embeddings, blip_image_embeds=blip, input_ids=inputs["input_ids"], text_prompt_mode="magic"
+        )
     with pytest.raises(ValueError, match=r"BLIP images \(1\) and the EfficientSAM images \(2\)"):
         model(image_embeddings=embeddings, blip_image_embeds=blip[:1], input_ids=inputs["input_ids"])
     with pytest.raises(ValueError, match=r"text\[0\].*is empty after caption cleaning"):
@@ -209,8 +222,11 @@ def test_text_with_a_segmentation_only_checkpoint_is_a_clear_error():
 
     model = EsamBlipForPromptableSegmentation(EsamBlipConfig(**tiny_sam_config_kwargs())).eval()
     with pytest.raises(ValueError, match="no BLIP half"):
-        model(pixel_values=torch.zeros(1, 3, 64, 64), input_ids=torch.ones(1, 3, dtype=torch.long),
-              blip_pixel_values=torch.zeros(1, 3, 32, 32))
+        model(
+            pixel_values=torch.zeros(1, 3, 64, 64),
+            input_ids=torch.ones(1, 3, dtype=torch.long),
+            blip_pixel_values=torch.zeros(1, 3, 32, 32),
+        )
 
 
 @pytest.mark.parametrize(

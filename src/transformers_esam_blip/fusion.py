@@ -127,7 +127,9 @@ class EsamBlipConcatFusion(EsamBlipFusion):
 
     @classmethod
     def from_config(cls, config: "EsamBlipConfig") -> "EsamBlipConcatFusion":
-        return cls(config.sam_vision_config.output_channels, config.vision_config.hidden_size, config.fusion_hidden_size)
+        return cls(
+            config.sam_vision_config.output_channels, config.vision_config.hidden_size, config.fusion_hidden_size
+        )
 
     def forward(self, image_embeddings: Tensor, blip_image_embeds: Tensor) -> Tensor:
         """`image_embeddings [B, C, g_s, g_s]`, `blip_image_embeds [B, 1 + g_b², D]` → fused `[B, C, g_s, g_s]`."""
@@ -216,7 +218,9 @@ class EsamBlipAdapterFusion(EsamBlipFusion):
 
     @classmethod
     def from_config(cls, config: "EsamBlipConfig") -> "EsamBlipAdapterFusion":
-        return cls(config.sam_vision_config.output_channels, config.vision_config.hidden_size, config.fusion_hidden_size)
+        return cls(
+            config.sam_vision_config.output_channels, config.vision_config.hidden_size, config.fusion_hidden_size
+        )
 
     def forward(self, image_embeddings: Tensor, blip_image_embeds: Tensor) -> Tensor:
         """`image_embeddings [B, C, g_s, g_s]`, `blip_image_embeds [B, 1 + g_b², D]` → fused `[B, C, g_s, g_s]`."""

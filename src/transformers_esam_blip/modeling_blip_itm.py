@@ -187,9 +187,7 @@ class EsamBlipImageTextModule(nn.Module):
         if not is_tracing():
             vision = self.config.vision_config
             side = _as_side(vision.image_size, "image_size")
-            check_image_tensor(
-                "blip_pixel_values", blip_pixel_values, (3, side, side), "use EsamBlipImageProcessor"
-            )
+            check_image_tensor("blip_pixel_values", blip_pixel_values, (3, side, side), "use EsamBlipImageProcessor")
         outputs = self.vision_model(
             pixel_values=blip_pixel_values.to(self.vision_proj.weight.dtype),
             output_attentions=output_attentions,
@@ -351,9 +349,7 @@ class EsamBlipImageTextModule(nn.Module):
         """
         return self.get_image_projections(image_embeds) @ self.get_text_projections(input_ids, attention_mask).t()
 
-    def get_multimodal_features(
-        self, input_ids: Tensor, attention_mask: Tensor | None, image_embeds: Tensor
-    ) -> Tensor:
+    def get_multimodal_features(self, input_ids: Tensor, attention_mask: Tensor | None, image_embeds: Tensor) -> Tensor:
         r"""
         Text encoder with [ENC] first, cross-attending to the image: the hidden states the ITM head reads.
 
@@ -446,7 +442,9 @@ class EsamBlipImageTextModule(nn.Module):
             attention_probs = outputs.cross_attentions[block_num]
             logits = self.itm_head(outputs.last_hidden_state[:, 0])
             (attention_grads,) = torch.autograd.grad(logits[:, 1].sum(), attention_probs)
-        gradcam = gradcam_from_cross_attention(attention_probs.detach(), attention_grads, attention_mask, self.grid_size)
+        gradcam = gradcam_from_cross_attention(
+            attention_probs.detach(), attention_grads, attention_mask, self.grid_size
+        )
         return gradcam, logits.detach()
 
     def _check_block_num(self, block_num: int | None) -> int:

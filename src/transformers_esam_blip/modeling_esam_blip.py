@@ -370,7 +370,11 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
             )
             output_class = strategy.output_class
             itm_probability = result.itm_logits.softmax(dim=-1)[:, 1]
-            fields = {**result.fields, "itm_probability": itm_probability, "is_match": itm_probability >= match_threshold}
+            fields = {
+                **result.fields,
+                "itm_probability": itm_probability,
+                "is_match": itm_probability >= match_threshold,
+            }
             if strategy.trains_itm:
                 itm_logits = result.itm_logits
 
@@ -412,7 +416,10 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
                 )
             grid = vision.image_embedding_size
             check_image_tensor(
-                "image_embeddings", image_embeddings, (vision.output_channels, grid, grid), "from `get_image_embeddings`"
+                "image_embeddings",
+                image_embeddings,
+                (vision.output_channels, grid, grid),
+                "from `get_image_embeddings`",
             )
         num_images = (pixel_values if image_embeddings is None else image_embeddings).shape[0]
         needs_blip = input_ids is not None or self.model.fusion is not None

@@ -124,7 +124,9 @@ def _check_labels(input_labels: torch.Tensor, input_points: torch.Tensor) -> tor
     labels = input_labels.long()
     bad = ~torch.isin(labels, torch.tensor(VALID_LABELS, device=labels.device))
     if bad.any():
-        raise ValueError(f"`input_labels` must be in {list(VALID_LABELS)} ({LABELS_HELP}), got {sorted(set(labels[bad].tolist()))}.")
+        raise ValueError(
+            f"`input_labels` must be in {list(VALID_LABELS)} ({LABELS_HELP}), got {sorted(set(labels[bad].tolist()))}."
+        )
     return labels
 
 

@@ -2,12 +2,9 @@
 
 from typing import TYPE_CHECKING
 
-import torch
-
 from .best_mask import select_best_masks
 from .modeling_outputs import EsamBlipGradCamSegmentationOutput
 from .prompts import append_points, assemble_prompts, count_queries
-from .text_prompting import heatmap_to_prompts, mask_enhanced_heatmap
 from .text_prompt_strategies import (
     EsamBlipTextPromptStrategy,
     TextPromptInputs,
@@ -15,6 +12,7 @@ from .text_prompt_strategies import (
     pair_with_texts,
     register_text_prompt_strategy,
 )
+from .text_prompting import heatmap_to_prompts, mask_enhanced_heatmap
 
 if TYPE_CHECKING:
     from .configuration_esam_blip import EsamBlipConfig
@@ -61,7 +59,9 @@ class EsamBlipGradCamTextPrompts(EsamBlipTextPromptStrategy):
         )
         num_queries = count_queries(inputs.input_points, inputs.input_boxes)
         points, labels = append_points(inputs.input_points, inputs.input_labels, text_points, text_labels, num_queries)
-        points, labels = assemble_prompts(points, labels, inputs.input_boxes, self.config.prompt_encoder_config.max_num_points)
+        points, labels = assemble_prompts(
+            points, labels, inputs.input_boxes, self.config.prompt_encoder_config.max_num_points
+        )
         image_embeddings = pair_with_texts(inputs.image_embeddings, num_texts, "image_embeddings")
         pred_masks, iou_scores = sam.predict_masks(image_embeddings, points, labels, inputs.multimask_output)
 

@@ -85,7 +85,9 @@ def resolve_text_prompt_mode(config: "EsamBlipConfig", mode: str | None = None) 
         raise ValueError(f"`text_prompt_mode` must be one of {text_prompt_mode_choices()}, got {mode!r}.")
     if mode != AUTO:
         return mode
-    return next(name for name, cls in sorted(TEXT_PROMPT_STRATEGIES.items(), key=_auto_order) if cls.auto_select(config))
+    return next(
+        name for name, cls in sorted(TEXT_PROMPT_STRATEGIES.items(), key=_auto_order) if cls.auto_select(config)
+    )
 
 
 def _auto_order(item: tuple[str, type["EsamBlipTextPromptStrategy"]]) -> float:
