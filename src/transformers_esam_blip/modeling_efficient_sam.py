@@ -603,6 +603,10 @@ class EfficientSamUpscalingLayer(nn.Module):
         return self.act(hidden_states)
 
 
+# Prompts upscaled together in one piece (see `EfficientSamMaskDecoder.forward`).
+UPSCALING_CHUNK_SIZE = 16
+
+
 class EfficientSamMaskDecoder(nn.Module):
     """Tokens `[IoU, mask_0..mask_M, prompts]` → two-way transformer → upscaled masks and IoU predictions."""
 
@@ -646,6 +650,13 @@ class EfficientSamMaskDecoder(nn.Module):
                 hidden_states = mlps[0].act(hidden_states)
         return hidden_states.transpose(0, 1)
 
+    def _upscaled_masks(self, image_tokens: torch.Tensor, hyper_in: torch.Tensor) -> torch.Tensor:
+        """Per-prompt image tokens `[n, h*w, C]` → upscaled pixel rows → mask logits `[n, rows, M]`."""
+        upscaled = image_tokens
+        for layer in self.upscaling_layers:
+            upscaled = layer.forward_pixels(upscaled)
+        return torch.bmm(upscaled, hyper_in.transpose(1, 2))
+
     def forward(
         self,
         image_embeddings: torch.Tensor,
@@ -675,12 +686,16 @@ class EfficientSamMaskDecoder(nn.Module):
         iou_token_out = hidden_tokens[:, 0]
         mask_tokens_out = hidden_tokens[:, 1 : 1 + self.num_mask_tokens]
 
-        upscaled = image_tokens  # [n, h*w, C], pixel rows
-        for layer in self.upscaling_layers:
-            upscaled = layer.forward_pixels(upscaled)
         selected = range(1, self.num_mask_tokens) if multimask_output and self.num_mask_tokens > 1 else range(0, 1)
         hyper_in = self._hypernetworks(mask_tokens_out, selected)  # [n, M, C_up]
-        masks = torch.bmm(upscaled, hyper_in.transpose(1, 2))  # [n, rows, M]
+        chunk = UPSCALING_CHUNK_SIZE
+        if is_tracing() or image_tokens.shape[0] <= chunk:
+            masks = self._upscaled_masks(image_tokens, hyper_in)
+        else:
+            # The upscaled pixel rows are the decoder's largest tensors (537 MB for 64 prompts at 256x256 masks):
+            # a few prompts at a time bound the peak memory; each prompt's arithmetic is unchanged.
+            pieces = zip(image_tokens.split(chunk), hyper_in.split(chunk), strict=True)
+            masks = torch.cat([self._upscaled_masks(tokens, hyper) for tokens, hyper in pieces])
         # Rows are (y, x, i_1, j_1, ..., i_L, j_L) for L upscaling layers: back to [n, M, 2^L h, 2^L w].
         levels = len(self.upscaling_layers)
         masks = masks.reshape(-1, height, grid_width, *([2] * (2 * levels)), len(selected))
