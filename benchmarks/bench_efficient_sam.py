@@ -72,9 +72,13 @@ def main() -> None:
         rows.append(("decoder, 16 prompts in one call", sixteen, sixteen / one, None))
         rows.append(("encode + 1 prompt", sdpa + one, 1.0, None))
         rows.append(("encode once + 16 prompts", sdpa + sixteen, (sdpa + sixteen) / (sdpa + one), None))
-        rows.append(("encode + 1 prompt, 16 times (no reuse)", 16 * (sdpa + one), 16 * (sdpa + one) / (sdpa + one), None))
+        rows.append(
+            ("encode + 1 prompt, 16 times (no reuse)", 16 * (sdpa + one), 16 * (sdpa + one) / (sdpa + one), None)
+        )
 
-    print(f"threads: {torch.get_num_threads()}, best matmul: {peak / 1e9:.1f} GFLOP/s, encoder: {flops / 1e9:.1f} GFLOP")
+    print(
+        f"threads: {torch.get_num_threads()}, best matmul: {peak / 1e9:.1f} GFLOP/s, encoder: {flops / 1e9:.1f} GFLOP"
+    )
     print("| case | time (s) | ratio | fraction of best matmul rate |")
     print("|---|---:|---:|---:|")
     for name, seconds, ratio, fraction in rows:

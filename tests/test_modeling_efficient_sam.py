@@ -25,8 +25,9 @@ def test_output_shapes_and_single_mask(model):
     labels = torch.ones(2, 3, 2, dtype=torch.long)
     with torch.no_grad():
         out = model(pixel_values=pixel_values, input_points=points, input_labels=labels)
-        single = model(image_embeddings=out.image_embeddings, input_points=points, input_labels=labels,
-                       multimask_output=False)
+        single = model(
+            image_embeddings=out.image_embeddings, input_points=points, input_labels=labels, multimask_output=False
+        )
     assert out.pred_masks.shape == (2, 3, 3, 32, 32)
     assert out.iou_scores.shape == (2, 3, 3)
     assert out.image_embeddings.shape == (2, 16, 8, 8)
@@ -173,10 +174,21 @@ def test_blip_only_checkpoint_cannot_segment():
     from transformers_esam_blip import EsamBlipConfig
 
     config = EsamBlipConfig(
-        vision_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32,
-                       "patch_size": 16, "intermediate_size": 64},
-        text_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-                     "vocab_size": 50},
+        vision_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 16,
+            "intermediate_size": 64,
+        },
+        text_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "vocab_size": 50,
+        },
         gradcam_block_num=1,
     )
     model = EsamBlipForPromptableSegmentation(config)
