@@ -51,6 +51,7 @@ def build_preset_config(name: str, processor: EsamBlipProcessor, **overrides: An
     )
     config.update(
         enc_token_id=tokenizer.convert_tokens_to_ids(ENC_TOKEN),
+        unk_token_id=tokenizer.unk_token_id,
         max_txt_len=processor.max_txt_len,
     )
     return EsamBlipConfig(**{**config, **overrides})

@@ -274,6 +274,8 @@ def segment_text(args: argparse.Namespace, image: PIL.Image.Image) -> dict[str, 
     rows, summary = [], []
     for result in results:
         verdict = "match" if result["is_match"] else "probably absent"
+        if result["unknown_words"]:
+            verdict = f"unknown: {', '.join(result['unknown_words'])}"
         title = f"{result['text']!r}: ITM {result['match_probability']:.2f} ({verdict}), predicted IoU {result['score']:.2f}"
         if result["heatmap"] is None:  # learned text prompts: no heatmap, no points
             rows.append(draw_panels([draw_masks(image, result["mask"])], [title]))
@@ -291,6 +293,7 @@ def segment_text(args: argparse.Namespace, image: PIL.Image.Image) -> dict[str, 
                 "score": result["score"],
                 "match_probability": result["match_probability"],
                 "is_match": result["is_match"],
+                "unknown_words": result["unknown_words"],
                 "mask_area": area,
                 "points": result["points"],
                 "point_labels": result["point_labels"],

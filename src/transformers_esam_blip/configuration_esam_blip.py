@@ -181,6 +181,8 @@ class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
         image_text_hidden_size (`int`, defaults to 256): width of the ITC projections (`vision_proj`,
             `text_proj`).
         enc_token_id (`int`, *optional*): id of the `[ENC]` token that replaces the first token for ITM.
+        unk_token_id (`int`, *optional*): id of the tokenizer's `[UNK]` token. A text holding it has words the model
+            cannot read: it is never reported as a match (`is_match=False`, `has_unknown_tokens=True`).
         max_txt_len (`int`, defaults to 35): truncation length of the tokenizer, as LAVIS.
         gradcam_block_num (`int`, defaults to 7): text layer whose cross-attention Grad-CAM reads (PnP-VQA's
             choice; LAVIS's `compute_gradcam` defaults to 6).
@@ -243,6 +245,7 @@ class EsamBlipConfig(BuiltinNamesMixin, PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     image_text_hidden_size: int = 256
     enc_token_id: int | None = None
+    unk_token_id: int | None = None
     max_txt_len: int = 35
     gradcam_block_num: int = 7
     text_prompt_num_points: int = 3

@@ -370,10 +370,12 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
             )
             output_class = strategy.output_class
             itm_probability = result.itm_logits.softmax(dim=-1)[:, 1]
+            unknown = self._unknown_tokens(input_ids)
             fields = {
                 **result.fields,
                 "itm_probability": itm_probability,
-                "is_match": itm_probability >= match_threshold,
+                "is_match": (itm_probability >= match_threshold) & ~unknown,
+                "has_unknown_tokens": unknown,
             }
             if strategy.trains_itm:
                 itm_logits = result.itm_logits
@@ -381,6 +383,12 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         # Loss.
         loss = self._loss(fields, labels, itm_logits, match_labels, original_sizes, strategy)
         return output_class(loss=loss, image_embeddings=image_embeddings, blip_image_embeds=blip_image_embeds, **fields)
+
+    def _unknown_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """`[T]` bool: which texts hold the tokenizer's `[UNK]` (all False when the config names no `unk_token_id`)."""
+        if self.config.unk_token_id is None:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return (input_ids == self.config.unk_token_id).any(dim=-1)
 
     def _check_inputs(
         self,

@@ -20,8 +20,12 @@ class EsamBlipSegmentationOutput(ModelOutput):
         pred_masks (`torch.FloatTensor` of shape `[B, Q, M, 256, 256]`): low-resolution mask logits; resize them
             with `EsamBlipImageProcessor.post_process_masks` and threshold at 0.
         itm_probability (`torch.FloatTensor` of shape `[T]`, texts only): BLIP ITM match probability.
-        is_match (`torch.BoolTensor` of shape `[T]`, texts only): `itm_probability >= match_threshold`; False means
-            the described object is probably absent and the mask should not be trusted.
+        is_match (`torch.BoolTensor` of shape `[T]`, texts only): `itm_probability >= match_threshold` and no unknown
+            token; False means the described object is probably absent (or the text is out of the model's
+            vocabulary) and the mask should not be trusted.
+        has_unknown_tokens (`torch.BoolTensor` of shape `[T]`, texts only): the text holds `[UNK]`
+            (`config.unk_token_id`): words the tokenizer does not know (`EsamBlipProcessor.unknown_words` names
+            them). Such a text is never a match.
         image_embeddings (`torch.FloatTensor` of shape `[B, C, 64, 64]`): EfficientSAM image embeddings before any
             decoder-side fusion, to reuse for further prompts (with an encoder fusion: the fused encoder's output).
         blip_image_embeds (`torch.FloatTensor` of shape `[B, 1 + g*g, D]`, texts or fusion only): BLIP ViT output.
@@ -48,6 +52,7 @@ class EsamBlipSegmentationOutput(ModelOutput):
     pred_masks: torch.FloatTensor | None = None
     itm_probability: torch.FloatTensor | None = None
     is_match: torch.BoolTensor | None = None
+    has_unknown_tokens: torch.BoolTensor | None = None
     image_embeddings: torch.FloatTensor | None = None
     blip_image_embeds: torch.FloatTensor | None = None
     vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None

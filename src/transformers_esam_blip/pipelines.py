@@ -9,12 +9,15 @@ import torch
 from transformers import AutoModelForMaskGeneration
 from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
+from transformers.utils import logging
 
 from .best_mask import select_best_masks
 from .image_processing_esam_blip import check_finite_number
 from .modeling_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipSegmentationOutput
 from .prompts import PromptLabel
 from .text_prompt_strategies import TEXT_PROMPT_STRATEGIES, resolve_text_prompt_mode
+
+logger = logging.get_logger(__name__)
 
 TASK = "text-prompted-segmentation"
 
@@ -65,7 +68,9 @@ class TextPromptedSegmentationPipeline(Pipeline):
     - `"enhanced_heatmap"` (`torch.FloatTensor` `[g, g]`): the mask-enhanced heatmap, in [0, 1]; None with learned
       prompts;
     - `"match_probability"` (`float`): BLIP ITM probability that the text matches the image;
-    - `"is_match"` (`bool`): False means the object is probably absent and the mask should not be trusted.
+    - `"is_match"` (`bool`): False means the object is probably absent and the mask should not be trusted;
+    - `"unknown_words"` (`list[str]`): the text's words the tokenizer does not know (then `is_match` is False and a
+      warning names them).
 
     Call parameters: `mask_threshold` (`float`, defaults to 0.0, the logit above which a pixel is in the mask),
     `text_prompt_mode` (`"auto"` (default: `"learned"` when the model has a trained prompter, else `"gradcam"`),
@@ -212,6 +217,13 @@ class TextPromptedSegmentationPipeline(Pipeline):
         masks = self.processor.post_process_masks([best_logits], [original_size], mask_threshold=mask_threshold)[0]
         results = []
         from_gradcam = outputs.get("prompt_points") is not None
+        unknown_words = self.processor.unknown_words(model_outputs["texts"])
+        for text, words in zip(model_outputs["texts"], unknown_words, strict=True):
+            if words:
+                logger.warning(
+                    f"{text!r} holds words the model's tokenizer does not know ({', '.join(words)}): it is reported "
+                    "as no match; the model cannot read them."
+                )
         for t, text in enumerate(model_outputs["texts"]):
             points, point_labels = [], []
             if from_gradcam:
@@ -230,6 +242,7 @@ class TextPromptedSegmentationPipeline(Pipeline):
                     "enhanced_heatmap": outputs["enhanced_heatmap"][t].float() if from_gradcam else None,
                     "match_probability": outputs["itm_probability"][t].item(),
                     "is_match": bool(outputs["is_match"][t]),
+                    "unknown_words": unknown_words[t],
                 }
             )
         return results

@@ -191,6 +191,19 @@ class EsamBlipProcessor(BuiltinNamesMixin, ProcessorMixin):
             )
         return tokenizer.convert_tokens_to_ids(ENC_TOKEN)
 
+    def unknown_words(self, text: str | list[str]) -> list[list[str]]:
+        """
+        The words of each text (after LAVIS caption cleaning, split at spaces) that the tokenizer maps to its unknown
+        token, in order: what the model cannot read. The model reports such texts with `has_unknown_tokens=True`
+        and never as a match.
+        """
+        tokenizer = self._require_tokenizer("`unknown_words`")
+        unknown = tokenizer.unk_token
+        return [
+            [word for word in cleaned.split() if unknown in tokenizer.tokenize(word)]
+            for cleaned in self.clean_text(text)
+        ]
+
     def clean_text(self, text: str | list[str]) -> list[str]:
         """
         Validate `text` (a string or a non-empty list of strings) and clean each with LAVIS `pre_caption`.

@@ -255,6 +255,7 @@ def _convert_into(
         except (OSError, ValueError) as error:
             raise ValueError(f"--tokenizer {tokenizer} does not load as a BERT tokenizer: {error}") from None
         config_kwargs["enc_token_id"] = blip_tokenizer.convert_tokens_to_ids("[ENC]")
+        config_kwargs["unk_token_id"] = blip_tokenizer.unk_token_id
 
     config = EsamBlipConfig(**config_kwargs)
     model_class = EsamBlipForPromptableSegmentation if config.has_segmentation else EsamBlipForImageTextMatching
