@@ -147,6 +147,7 @@ def test_auto_classes(tmp_path, model):
     torch.testing.assert_close(base.sam.vision_encoder.pos_embed, model.model.sam.vision_encoder.pos_embed)
 
 
+@pytest.mark.slow
 def test_trust_remote_code_without_the_package(tmp_path, model):
     model.save_pretrained(tmp_path / "ckpt")
     config = (tmp_path / "ckpt" / "config.json").read_text()
