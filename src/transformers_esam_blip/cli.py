@@ -27,6 +27,7 @@ from transformers import pipeline
 from transformers.image_utils import load_image
 
 from . import demo, evaluation
+from .best_mask import best_mask_indices
 from .commands import (
     CliError,
     CommandParser,
@@ -321,7 +322,7 @@ def segment_prompts(args: argparse.Namespace, image: PIL.Image.Image) -> dict[st
     with torch.inference_mode():
         out = model(**inputs.to(device=device, dtype=model.dtype))
     scores = out.iou_scores[0, 0].cpu()
-    best = int(scores.argmax())
+    best = int(best_mask_indices(scores))
     mask = processor.post_process_masks(out.pred_masks[:, :, best : best + 1].cpu(), inputs["original_sizes"])[0][0, 0]
     area = int(mask.sum())
     print(f"best of {len(scores)} candidates: #{best}, predicted IoU {scores[best].item():.3f}, mask {area} px")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .best_mask import best_mask_indices
 from .builtin import DEFAULT_BUILTIN_MODEL
 from .commands import CliError, CommandParser, load_checkpoint_config, run_command
 from .data import COLOURS, SHAPES, generate_scene, scene_rng
@@ -119,7 +120,7 @@ def run_point_box_demo(
     results, masks = {}, []
     for name, out in (("point", from_point), ("box", from_box)):
         full = processor.post_process_masks(out.pred_masks, inputs["original_sizes"])[0][0]
-        best = int(out.iou_scores[0, 0].argmax())
+        best = int(best_mask_indices(out.iou_scores[0, 0]))
         masks.append(full[best])
         results[name] = {
             "best_candidate": best,

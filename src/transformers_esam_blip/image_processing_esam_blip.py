@@ -35,7 +35,7 @@ from .mask_generation_utils import (
     no_mask_hint,
     upsample_mask_logits,
 )
-from .prompts import PADDING_COORDINATE, VALID_LABELS, PromptLabel, rescale_coordinates
+from .prompts import PADDING_COORDINATE, VALID_LABELS, PromptLabel, check_finite, rescale_coordinates
 
 logger = logging.get_logger(__name__)
 
@@ -57,17 +57,6 @@ def _sizes_per_entry(original_sizes: SizeLike, num_entries: int, what: str) -> l
             f"entry of `{what}`, or one size for all."
         )
     return sizes
-
-
-def check_finite_number(name: str, value: Any) -> float:
-    """`value` (a Python or 0-d tensor number, not a bool) as a finite float; TypeError/ValueError naming `name`."""
-    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 0:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r:.40}.")
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
-    return float(value)
 
 
 def _check_original_sizes(original_sizes: Any) -> list[tuple[int, int]]:
@@ -772,7 +761,7 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         """
         if kwargs:
             raise ValueError(f"`post_process_masks` does not support {sorted(kwargs)} for EfficientSAM masks.")
-        check_finite_number("mask_threshold", mask_threshold)
+        check_finite("mask_threshold", mask_threshold)
         if not isinstance(binarize, bool):
             raise TypeError(f"`binarize` must be a bool, got {type(binarize).__name__} {binarize!r}.")
         if not isinstance(masks, (torch.Tensor, np.ndarray, list, tuple)):

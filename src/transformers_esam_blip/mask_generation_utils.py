@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from .prompts import check_finite, check_threshold
+
 RLE = dict[str, Any]
 
 # Largest prompt grid (points per crop times crops) accepted: a 1024x1024 grid. The grid tensors alone grow as its
@@ -34,29 +36,6 @@ def no_mask_hint(
         f"No mask passed the filters.{best} Lower {setting('pred_iou_thresh', pred_iou_thresh, 0.88)} and/or "
         f"{setting('stability_score_thresh', stability_score_thresh, 0.95)}; 0 turns a filter off."
     )
-
-
-def check_threshold(name: str, value: Any) -> float:
-    """`value` as a float in [0, 1]; a `ValueError` naming `name` for NaN or anything outside."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a number in [0, 1], got {type(value).__name__} {value!r}.")
-    if not 0.0 <= value <= 1.0:  # also False for NaN
-        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
-    return float(value)
-
-
-def check_finite(name: str, value: Any, minimum: float | None = None) -> float:
-    """`value` as a finite float (at least `minimum` when given); a `ValueError` naming `name` otherwise."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a finite number, got {type(value).__name__} {value!r}.")
-    if not math.isfinite(value) or (minimum is not None and value < minimum):
-        bound = "" if minimum is None else f" >= {minimum:g}"
-        raise ValueError(f"`{name}` must be a finite number{bound}, got {value!r}.")
-    return float(value)
 
 
 def grid_points_per_layer(
@@ -483,8 +462,6 @@ __all__ = [
     "box_iou",
     "build_point_grid",
     "check_filter_thresholds",
-    "check_finite",
-    "check_threshold",
     "compute_crop_boxes",
     "compute_stability_score",
     "deduplicate_masks",

@@ -13,14 +13,13 @@ from .mask_generation_utils import (
     DeferredMaskLogits,
     build_point_grid,
     check_filter_thresholds,
-    check_threshold,
     deduplicate_masks,
     filter_crop_masks,
     grid_points_per_layer,
     no_mask_hint,
     rle_to_mask,
 )
-from .prompts import PromptLabel
+from .prompts import PromptLabel, check_threshold
 
 logger = logging.get_logger(__name__)
 

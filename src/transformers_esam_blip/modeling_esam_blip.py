@@ -37,6 +37,7 @@ from .prompts import (
     assemble_prompts,
     check_image_tensor,
     check_tensor,
+    check_threshold,
     check_token_ids,
     is_tracing,
     validate_point_and_box_prompts,
@@ -208,13 +209,6 @@ class EsamBlipModel(EsamBlipPreTrainedModel):
         if blip_pixel_values is not None:
             blip_image_embeds = self.require_blip().get_image_features(blip_pixel_values)
         return EsamBlipModelOutput(image_embeddings=image_embeddings, blip_image_embeds=blip_image_embeds)
-
-
-def _check_probability(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a number in [0, 1], got {type(value).__name__} {value!r}.")
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
 
 
 class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
@@ -408,7 +402,7 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         self.model.require_segmentation()
         if not isinstance(multimask_output, bool):
             raise TypeError(f"`multimask_output` must be a bool, got {type(multimask_output).__name__}.")
-        _check_probability("match_threshold", match_threshold)
+        check_threshold("match_threshold", match_threshold)
         if (pixel_values is None) == (image_embeddings is None):
             raise ValueError("Pass exactly one of `pixel_values` and `image_embeddings`.")
         encoder_fusion = self.model.fusion is not None and self.model.fusion.location == "encoder"

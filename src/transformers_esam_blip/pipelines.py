@@ -12,9 +12,8 @@ from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 from transformers.utils import logging
 
 from .best_mask import select_best_masks
-from .image_processing_esam_blip import check_finite_number
 from .modeling_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipSegmentationOutput
-from .prompts import PromptLabel
+from .prompts import PromptLabel, check_finite
 from .text_prompt_strategies import TEXT_PROMPT_STRATEGIES, resolve_text_prompt_mode
 
 logger = logging.get_logger(__name__)
@@ -166,12 +165,12 @@ class TextPromptedSegmentationPipeline(Pipeline):
             )
         preprocess_params = {}
         if timeout is not None:
-            if check_finite_number("timeout", timeout) <= 0:
+            if check_finite("timeout", timeout) <= 0:
                 raise ValueError(f"`timeout` must be > 0 seconds, got {timeout!r}.")
             preprocess_params["timeout"] = float(timeout)
         postprocess_params = {}
         if mask_threshold is not None:
-            postprocess_params["mask_threshold"] = check_finite_number("mask_threshold", mask_threshold)
+            postprocess_params["mask_threshold"] = check_finite("mask_threshold", mask_threshold)
         forward_params = {}
         if text_prompt_mode is not None:
             if not isinstance(text_prompt_mode, str):

@@ -28,7 +28,10 @@ precision than the model's (float16/float64 into float32) is cast to the model's
 [`append_prompt_tokens`] appends learned text tokens after the embedded points.
 """
 
+import math
+import numbers
 from enum import IntEnum
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +69,34 @@ def check_tensor(name: str, value: object, ndim: int, last: int | None, expected
     if value.ndim != ndim or (last is not None and value.shape[-1] != last):
         raise ValueError(f"`{name}` must have shape {expected}, got {tuple(value.shape)}.")
     return value
+
+
+def _scalar(value: Any) -> Any:
+    """A one-element tensor or a 0-d array as its Python number; anything else unchanged."""
+    if (isinstance(value, torch.Tensor) and value.numel() == 1) or getattr(value, "shape", None) == ():
+        return value.item()
+    return value
+
+
+def check_finite(name: str, value: Any, minimum: float | None = None) -> float:
+    """A finite number (at least `minimum` when given) as a float; `TypeError`/`ValueError` naming `name`."""
+    number = _scalar(value)
+    if isinstance(number, bool) or not isinstance(number, numbers.Real):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r:.40}.")
+    if not math.isfinite(number) or (minimum is not None and number < minimum):
+        bound = "" if minimum is None else f" >= {minimum:g}"
+        raise ValueError(f"`{name}` must be a finite number{bound}, got {number!r}.")
+    return float(number)
+
+
+def check_threshold(name: str, value: Any) -> float:
+    """A number in [0, 1] (a threshold or probability) as a float; `TypeError`/`ValueError` naming `name`."""
+    number = _scalar(value)
+    if isinstance(number, bool) or not isinstance(number, numbers.Real):
+        raise TypeError(f"`{name}` must be a number in [0, 1], got {type(value).__name__} {value!r}.")
+    if not 0.0 <= number <= 1.0:  # also False for NaN
+        raise ValueError(f"`{name}` must be a number in [0, 1], got {number!r}.")
+    return float(number)
 
 
 def check_image_tensor(name: str, value: object, shape: tuple[int, ...], hint: str) -> torch.Tensor:
@@ -295,8 +326,10 @@ __all__ = [
     "append_points",
     "append_prompt_tokens",
     "assemble_prompts",
+    "check_finite",
     "check_image_tensor",
     "check_tensor",
+    "check_threshold",
     "check_token_ids",
     "count_queries",
     "default_labels",

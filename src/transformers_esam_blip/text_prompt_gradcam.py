@@ -76,7 +76,7 @@ class EsamBlipGradCamTextPrompts(EsamBlipTextPromptStrategy):
             "enhanced_heatmap": enhanced,
             "gradcams": enhanced.flatten(1),
         }
-        return TextPromptResult(fields=fields, itm_logits=itm_logits.detach())
+        return TextPromptResult(fields=fields, itm_logits=itm_logits)  # detached by compute_gradcam
 
 
 __all__ = ["EsamBlipGradCamTextPrompts"]

@@ -8,6 +8,7 @@ import torch
 from torch.nn import functional as F
 from transformers import EvalPrediction
 
+from ..best_mask import select_best_masks
 from .referring_segmentation.referring_segmentation import compute_referring_metrics
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -59,8 +60,7 @@ def best_masks(
         `torch.Tensor` `[B, H, W]` (or `[B, h, w]`), bool.
     """
     pred_masks, iou_scores = torch.as_tensor(pred_masks), torch.as_tensor(iou_scores)
-    best = iou_scores[:, 0].argmax(dim=-1)
-    logits = pred_masks[torch.arange(len(best)), 0, best].float()
+    logits = select_best_masks(pred_masks[:, 0], iou_scores[:, 0])[0].float()
     if size is not None and tuple(logits.shape[-2:]) != tuple(size):
         logits = F.interpolate(logits[:, None], size=tuple(size), mode="bicubic", align_corners=False)[:, 0]
     return logits > mask_threshold
