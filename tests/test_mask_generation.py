@@ -416,3 +416,20 @@ def test_generator_refuses_bad_settings(kwargs, message) -> None:
     model = EsamBlipForPromptableSegmentation(tiny_sam_config()).eval()
     with pytest.raises(ValueError, match=message):
         EsamBlipMaskGenerator(model, EsamBlipImageProcessor(sam_image_size=64), **kwargs)
+
+
+def test_generator_feeds_a_decoder_side_fusion_its_blip_tokens():
+    """A model fusing BLIP into the decoder's embeddings (the built-in model does) gets the BLIP tokens once per image."""
+    from test_fusion import tiny_joint_config
+
+    from transformers_esam_blip.training import tiny_processor
+
+    processor = tiny_processor()
+    model = EsamBlipForPromptableSegmentation(tiny_joint_config(fusion_type="concat")).eval()
+    image = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    options = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "progress": False}
+    result = EsamBlipMaskGenerator(model, processor.image_processor, **options)(image)
+    assert result["num_points_decoded"] == 16 and len(result["masks"]) >= 1
+    sam_only = EsamBlipImageProcessor(sam_image_size=64, blip_image_size=None)
+    with pytest.raises(ValueError, match="makes no BLIP input"):
+        EsamBlipMaskGenerator(model, sam_only, **options)(image)

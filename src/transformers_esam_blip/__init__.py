@@ -12,7 +12,10 @@ from transformers import (
     AutoProcessor,
 )
 
-from . import pipelines  # noqa: F401  registers pipeline("text-prompted-segmentation")
+from . import (
+    pipeline_pnp_vqa,  # noqa: F401  registers pipeline("esam-blip-pnp-vqa")
+    pipelines,  # noqa: F401  registers pipeline("text-prompted-segmentation")
+)
 from .builtin import BUILTIN_MODELS, DEFAULT_BUILTIN_MODEL, builtin_model_path
 from .configuration_esam_blip import (
     EfficientSamMaskDecoderConfig,
@@ -20,6 +23,7 @@ from .configuration_esam_blip import (
     EfficientSamVisionConfig,
     EsamBlipConfig,
 )
+from .configuration_pnp_vqa import EsamBlipPnpVqaConfig
 from .image_processing_esam_blip import EsamBlipImageProcessor
 from .mask_generator import EsamBlipMaskGenerator
 from .modeling_esam_blip import (
@@ -29,6 +33,7 @@ from .modeling_esam_blip import (
     EsamBlipPreTrainedModel,
 )
 from .modeling_outputs import EsamBlipGradCamSegmentationOutput, EsamBlipModelOutput, EsamBlipSegmentationOutput
+from .pnp_vqa import EsamBlipForPnpVqa, EsamBlipPnpVqaHeatmapOutput, EsamBlipPnpVqaOutput
 from .processing_esam_blip import EsamBlipProcessor
 from .prompts import PromptLabel
 from .text_prompt_strategies import (
@@ -59,12 +64,16 @@ __all__ = [
     "EfficientSamVisionConfig",
     "EsamBlipConfig",
     "EsamBlipForImageTextMatching",
+    "EsamBlipForPnpVqa",
     "EsamBlipForPromptableSegmentation",
     "EsamBlipGradCamSegmentationOutput",
     "EsamBlipImageProcessor",
     "EsamBlipMaskGenerator",
     "EsamBlipModel",
     "EsamBlipModelOutput",
+    "EsamBlipPnpVqaConfig",
+    "EsamBlipPnpVqaHeatmapOutput",
+    "EsamBlipPnpVqaOutput",
     "EsamBlipPreTrainedModel",
     "EsamBlipProcessor",
     "EsamBlipSegmentationOutput",

@@ -72,7 +72,7 @@ class EfficientSamVisionConfig(PreTrainedConfig):
 
 class EfficientSamPromptEncoderConfig(PreTrainedConfig):
     r"""
-    Configuration of the EfficientSAM prompt encoder (points and box corners; no mask prompts).
+    Configuration of the EfficientSAM prompt encoder: points and box corners, and optionally dense mask prompts.
 
     Args:
         hidden_size (`int`, defaults to 256): embedding width, equal to the image embedding channels.
@@ -80,6 +80,10 @@ class EfficientSamPromptEncoderConfig(PreTrainedConfig):
         image_embedding_size (`int`, defaults to 64): side of the image embedding grid.
         max_num_points (`int`, defaults to 6): points per query the decoder sees; more are truncated (with a
             warning in the processor), fewer are padded with `(-1, -1)` and label `-1`.
+        mask_prompts (`bool`, defaults to `False`): build SAM's mask encoder, so that `input_masks` (low-resolution
+            mask logits, one per query) can prompt the decoder. The original EfficientSAM checkpoints have none.
+        mask_input_channels (`int`, defaults to 16): channels of the mask encoder's second convolution (the first
+            has a quarter of them), as in SAM.
     """
 
     model_type = "efficient_sam_prompt_encoder"
@@ -89,13 +93,24 @@ class EfficientSamPromptEncoderConfig(PreTrainedConfig):
     image_size: int = 1024
     image_embedding_size: int = 64
     max_num_points: int = 6
+    mask_prompts: bool = False
+    mask_input_channels: int = 16
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if not isinstance(self.mask_prompts, bool):
+            raise TypeError(f"`mask_prompts` must be a bool, got {type(self.mask_prompts).__name__}.")
+        if self.mask_input_channels < 4 or self.mask_input_channels % 4 != 0:
+            raise ValueError(f"`mask_input_channels` must be a positive multiple of 4, got {self.mask_input_channels}.")
         if self.hidden_size % 2 != 0:
             raise ValueError(f"`hidden_size` of the prompt encoder must be even, got {self.hidden_size}.")
         if self.max_num_points < 1:
             raise ValueError(f"`max_num_points` must be >= 1, got {self.max_num_points}.")
+
+    @property
+    def mask_input_size(self) -> int:
+        """Side of the `input_masks` the mask encoder reads: four times the embedding grid (256 for a 64x64 grid)."""
+        return 4 * self.image_embedding_size
 
 
 class EfficientSamMaskDecoderConfig(PreTrainedConfig):

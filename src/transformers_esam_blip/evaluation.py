@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .builtin import DEFAULT_BUILTIN_MODEL
 from .commands import CliError, CommandParser, load_checkpoint_config, run_command
 from .data import load_referring_dataset, mask_to_bool, synthetic_referring_dataset
+from .evaluation_prompts import evaluate_prompt_types, format_prompt_type_table
 from .metrics import best_masks, compute_referring_metrics, mask_ious, roc_auc
 from .modeling_esam_blip import EsamBlipForPromptableSegmentation
 from .processing_esam_blip import EsamBlipProcessor
@@ -223,7 +224,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text_prompt_mode", choices=text_prompt_mode_choices(), default="learned")
     parser.add_argument("--cache_dir", help="`datasets` cache folder")
     parser.add_argument(
-        "--breakdown", action="store_true", help="synthetic data: mIoU and ITM ROC-AUC by kind of confusion"
+        "--breakdown",
+        action="store_true",
+        help="synthetic data: mIoU and ITM ROC-AUC by kind of confusion, and the per-prompt-type table (points, box, "
+        "text, Grad-CAM text, mask refinement, everything mode) against the built-in model's goals",
+    )
+    parser.add_argument(
+        "--gradcam_scenes", type=int, default=100, help="with --breakdown: scenes for the Grad-CAM text mode (100)"
+    )
+    parser.add_argument(
+        "--everything_scenes", type=int, default=100, help="with --breakdown: scenes for everything mode (100)"
     )
     parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
 
@@ -241,6 +251,9 @@ def run(args: argparse.Namespace) -> None:
         raise CliError(f"--num_scenes must be >= 1, got {args.num_scenes}")
     if not 0 <= args.absent_fraction < 1:
         raise CliError(f"--absent_fraction must lie in [0, 1), got {args.absent_fraction}")
+    for name in ("gradcam_scenes", "everything_scenes"):
+        if getattr(args, name) < 0:
+            raise CliError(f"--{name} must be >= 0, got {getattr(args, name)}")
     load_checkpoint_config(args.model)
     model = EsamBlipForPromptableSegmentation.from_pretrained(args.model)
     processor = EsamBlipProcessor.from_pretrained(args.model)
@@ -256,6 +269,18 @@ def run(args: argparse.Namespace) -> None:
     print(f"{args.model} on {args.dataset} ({len(dataset)} expressions, text_prompt_mode={args.text_prompt_mode}):")
     for name, value in results.items():
         print(f"  {name:<26} {value:.4f}" if isinstance(value, float) else f"  {name:<26} {value}")
+    if args.breakdown:
+        prompt_types = evaluate_prompt_types(
+            model,
+            processor,
+            dataset,
+            seed=args.seed,
+            gradcam_scenes=args.gradcam_scenes,
+            everything_scenes=args.everything_scenes,
+        )
+        print(f"Per prompt type ({prompt_types['num_objects']} objects; see evaluation_prompts for the protocol):")
+        print(format_prompt_type_table(prompt_types))
+        results["prompt_types"] = prompt_types
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

@@ -163,6 +163,7 @@ class EsamBlipMaskGenerator:
         device = self.model.device
         inputs = processor(images=pixels, return_tensors="pt")
         embeddings = self.model.get_image_embeddings(inputs["pixel_values"].to(device=device, dtype=self.model.dtype))
+        extra = self._fusion_inputs(inputs, device)
         frame_points = frame_points[:, :, 0].to(device=device)  # [1, N, 2]: the whole image is the only crop
         # The pixel each grid point falls on, for the test against the accepted masks.
         unit = build_point_grid(self.points_per_side)
@@ -184,7 +185,7 @@ class EsamBlipMaskGenerator:
                 for batch in indices.split(self.points_per_batch):
                     points = frame_points[:, batch, None]  # [1, B, 1, 2]: one point per query
                     labels = torch.full(points.shape[:-1], int(PromptLabel.FOREGROUND), device=device)
-                    outputs = self.model(image_embeddings=embeddings, input_points=points, input_labels=labels)
+                    outputs = self.model(image_embeddings=embeddings, input_points=points, input_labels=labels, **extra)
                     iou_scores = outputs.iou_scores[0].float()
                     batch_best = float(iou_scores.max())
                     best_iou = batch_best if best_iou is None else max(best_iou, batch_best)
@@ -220,6 +221,26 @@ class EsamBlipMaskGenerator:
         }
 
     __call__ = generate
+
+    def _fusion_inputs(self, inputs: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        """
+        The BLIP tokens a model with a decoder-side fusion reads with every prompt, computed once per image (none for
+        a model without fusion).
+        """
+        base = getattr(self.model, "base_model", None)
+        if getattr(base, "fusion", None) is None:
+            return {}
+        config = self.model.config
+        blip_pixel_values = inputs.get("blip_pixel_values")
+        if blip_pixel_values is None:
+            raise ValueError(
+                f"The model fuses BLIP features into EfficientSAM's (`fusion_type={config.fusion_type!r}`), but "
+                "`image_processor` makes no BLIP input (`blip_image_size=None`); use the model's own processor."
+            )
+        blip = base.blip
+        return {
+            "blip_image_embeds": blip.get_image_features(blip_pixel_values.to(device=device, dtype=self.model.dtype))
+        }
 
 
 __all__ = [

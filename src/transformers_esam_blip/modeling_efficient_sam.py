@@ -240,8 +240,39 @@ class EfficientSamPositionalEmbedding(nn.Module):
         return dense
 
 
+# Attribute marking the mask-prompt layers that `EsamBlipPreTrainedModel._init_weights` initialises to zero.
+MASK_PROMPT_ZERO_INIT = "_esam_blip_zero_init"
+
+
+class EfficientSamMaskEmbedding(nn.Module):
+    """
+    SAM's mask encoder: mask logits `[N, 1, 4g, 4g]` → dense prompt embeddings `[N, C, g, g]` through two 2x2
+    stride-2 convolutions (`mask_input_channels / 4`, then `mask_input_channels` channels), each followed by a channel
+    layer norm and the activation, then a 1x1 convolution to the embedding width.
+    """
+
+    def __init__(self, config: EfficientSamPromptEncoderConfig) -> None:
+        super().__init__()
+        channels = config.mask_input_channels
+        self.conv1 = nn.Conv2d(1, channels // 4, kernel_size=2, stride=2)
+        self.layer_norm1 = EfficientSamLayerNorm2d(channels // 4)
+        self.conv2 = nn.Conv2d(channels // 4, channels, kernel_size=2, stride=2)
+        self.layer_norm2 = EfficientSamLayerNorm2d(channels)
+        self.conv3 = nn.Conv2d(channels, config.hidden_size, kernel_size=1)
+        setattr(self.conv3, MASK_PROMPT_ZERO_INIT, True)
+        self.act = nn.GELU()
+
+    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.act(self.layer_norm1(self.conv1(masks)))
+        hidden_states = self.act(self.layer_norm2(self.conv2(hidden_states)))
+        return self.conv3(hidden_states)
+
+
 class EfficientSamPromptEncoder(nn.Module):
-    """Embeds points and box corners: Fourier features of the position plus a learned embedding per label."""
+    """
+    Embeds points and box corners (Fourier features of the position plus a learned embedding per label) and, with
+    `config.mask_prompts`, dense mask prompts (SAM's mask encoder, or a learned "no mask" embedding).
+    """
 
     def __init__(self, config: EfficientSamPromptEncoderConfig) -> None:
         super().__init__()
@@ -251,6 +282,24 @@ class EfficientSamPromptEncoder(nn.Module):
         self.point_embed = nn.Embedding(1, config.hidden_size)
         self.box_top_left_embed = nn.Embedding(1, config.hidden_size)
         self.box_bottom_right_embed = nn.Embedding(1, config.hidden_size)
+        if config.mask_prompts:
+            self.mask_embed = EfficientSamMaskEmbedding(config)
+            self.no_mask_embed = nn.Embedding(1, config.hidden_size)
+            setattr(self.no_mask_embed, MASK_PROMPT_ZERO_INIT, True)
+
+    def embed_masks(self, input_masks: torch.Tensor | None) -> torch.Tensor | None:
+        """
+        Dense prompt embeddings, added to the image embedding in the decoder:
+        - without a mask encoder (the original checkpoints): `None` (`input_masks` must be `None`);
+        - no masks: the learned "no mask" embedding, `[1, C, 1, 1]`, the same for every query;
+        - `input_masks [B, Q, 4g, 4g]` logits: `[B, Q, C, g, g]`, one map per query.
+        """
+        if not self.config.mask_prompts:
+            return None
+        if input_masks is None:
+            return self.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = self.mask_embed(input_masks.flatten(0, 1)[:, None].to(self.no_mask_embed.weight.dtype))
+        return dense.unflatten(0, input_masks.shape[:2])
 
     def get_dense_pe(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Positional encoding of the image-embedding grid, `[1, C, g, g]` (cast to `dtype`); cached, see `dense`."""
@@ -726,18 +775,20 @@ class EfficientSamModule(nn.Module):
         points: torch.Tensor,
         labels: torch.Tensor,
         multimask_output: bool = True,
+        input_masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             image_embeddings: `[B, C, g, g]`.
             points: `[B, Q, P, 2]` in the encoder frame, already merged/padded by `assemble_prompts`.
             labels: `[B, Q, P]`.
+            input_masks: `[B, Q, 4g, 4g]` mask logits (models with a mask encoder), or `None`.
 
         Returns:
             `pred_masks [B, Q, M, 4g, 4g]` logits and `iou_scores [B, Q, M]`.
         """
         sparse = self.embed_prompts(points, labels).to(image_embeddings.dtype)
-        return self.decode(image_embeddings, sparse, multimask_output)
+        return self.decode(image_embeddings, sparse, multimask_output, input_masks=input_masks)
 
     def embed_prompts(self, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """`points [B, Q, P, 2]` and `labels [B, Q, P]` (from `assemble_prompts`) → sparse embeddings `[B, Q, P, C]`."""
@@ -748,22 +799,41 @@ class EfficientSamModule(nn.Module):
         return sparse.reshape(batch_size, num_queries, num_points, -1)
 
     def decode(
-        self, image_embeddings: torch.Tensor, sparse_prompt_embeddings: torch.Tensor, multimask_output: bool = True
+        self,
+        image_embeddings: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        multimask_output: bool = True,
+        input_masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        Mask decoder on any sparse prompt embeddings (points, learned text tokens, or both).
+        Mask decoder on any sparse prompt embeddings (points, learned text tokens, or both) and, for a model with a
+        mask encoder, dense mask prompts.
 
         Args:
             image_embeddings: `[B, C, g, g]`.
             sparse_prompt_embeddings: `[B, Q, P, C]` in the dtype of `image_embeddings`.
+            input_masks: `[B, Q, 4g, 4g]` mask logits, one per query, or `None`.
 
         Returns:
             `pred_masks [B, Q, M, 4g, 4g]` logits and `iou_scores [B, Q, M]`.
+
+        Without mask prompts the image embedding (plus the "no mask" embedding, when the model has a mask encoder) is
+        shared by every query of an image. With them each query has its own image embedding plus its mask's
+        embedding, so the queries are decoded as images of one query each.
         """
         image_pe = self.prompt_encoder.get_dense_pe(image_embeddings.dtype)
-        return self.mask_decoder(
-            image_embeddings, image_pe, sparse_prompt_embeddings, multimask_output=multimask_output
+        dense = self.prompt_encoder.embed_masks(input_masks)
+        if dense is None:
+            return self.mask_decoder(image_embeddings, image_pe, sparse_prompt_embeddings, multimask_output)
+        dense = dense.to(image_embeddings.dtype)
+        if input_masks is None:
+            return self.mask_decoder(image_embeddings + dense, image_pe, sparse_prompt_embeddings, multimask_output)
+        batch_size, num_queries = sparse_prompt_embeddings.shape[:2]
+        per_query = (image_embeddings[:, None] + dense).flatten(0, 1)
+        masks, iou_scores = self.mask_decoder(
+            per_query, image_pe, sparse_prompt_embeddings.flatten(0, 1)[:, None], multimask_output
         )
+        return masks.reshape(batch_size, num_queries, *masks.shape[2:]), iou_scores.reshape(batch_size, num_queries, -1)
 
 
 # Entries of `_can_record_outputs` (output field → recorded module) for the models holding an `EfficientSamModule`.
@@ -779,7 +849,9 @@ EFFICIENT_SAM_MASK_DECODER_RECORDED_OUTPUTS = {
 __all__ = [
     "EFFICIENT_SAM_MASK_DECODER_RECORDED_OUTPUTS",
     "EFFICIENT_SAM_VISION_RECORDED_OUTPUTS",
+    "MASK_PROMPT_ZERO_INIT",
     "EfficientSamMaskDecoder",
+    "EfficientSamMaskEmbedding",
     "EfficientSamModule",
     "EfficientSamPromptEncoder",
     "EfficientSamVisionEncoder",

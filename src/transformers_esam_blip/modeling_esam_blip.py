@@ -15,6 +15,7 @@ from .configuration_esam_blip import EsamBlipConfig
 from .fusion import ZERO_INIT_LAYERS, build_fusion, build_itm_fusion
 from .gradcam import pnp_vqa_gradcams
 from .losses import itm_loss, segmentation_loss
+from .model_card import EsamBlipModelCardMixin
 from .modeling_blip_itm import (
     BLIP_CROSS_ATTENTION_RECORDED_OUTPUTS,
     BLIP_TEXT_RECORDED_OUTPUTS,
@@ -26,6 +27,7 @@ from .modeling_blip_itm import (
 from .modeling_efficient_sam import (
     EFFICIENT_SAM_MASK_DECODER_RECORDED_OUTPUTS,
     EFFICIENT_SAM_VISION_RECORDED_OUTPUTS,
+    MASK_PROMPT_ZERO_INIT,
     EfficientSamModule,
     EfficientSamPositionalEmbedding,
     EfficientSamVisionEncoder,
@@ -39,7 +41,9 @@ from .prompts import (
     check_tensor,
     check_threshold,
     check_token_ids,
+    count_queries,
     is_tracing,
+    validate_mask_prompts,
     validate_point_and_box_prompts,
 )
 from .text_prompt_gradcam import EsamBlipGradCamTextPrompts
@@ -55,7 +59,7 @@ from .text_prompt_strategies import (
 logger = logging.get_logger(__name__)
 
 
-class EsamBlipPreTrainedModel(BuiltinNamesMixin, PreTrainedModel):
+class EsamBlipPreTrainedModel(EsamBlipModelCardMixin, BuiltinNamesMixin, PreTrainedModel):
     config: EsamBlipConfig
     config_class = EsamBlipConfig
     base_model_prefix = "model"
@@ -78,6 +82,12 @@ class EsamBlipPreTrainedModel(BuiltinNamesMixin, PreTrainedModel):
             init.trunc_normal_(module.pos_embed, std=self.config.initializer_range)
         elif isinstance(module, EfficientSamPositionalEmbedding):
             init.normal_(module.positional_embedding, std=1.0)
+        if getattr(module, MASK_PROMPT_ZERO_INIT, False):
+            # A new mask encoder starts as a no-op (its output conv at zero) and so does the "no mask" embedding: a
+            # trained model given a mask encoder to fine-tune predicts exactly as before until these learn.
+            init.zeros_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
 
     def get_input_embeddings(self) -> nn.Module:
         """
@@ -249,6 +259,7 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         input_points: torch.Tensor | None = None,
         input_labels: torch.Tensor | None = None,
         input_boxes: torch.Tensor | None = None,
+        input_masks: torch.Tensor | None = None,
         multimask_output: bool = True,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -275,6 +286,11 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
             input_labels (`[B, Q, P]`): `prompts.PromptLabel` values; all foreground if omitted.
             input_boxes (`[B, Q, 4]`): (x1, y1, x2, y2) in the encoder frame; added as two corner points after the
                 query's points.
+            input_masks (`[B, Q, m, m]`, *optional*): dense mask prompts, SAM's mask input: low-resolution mask
+                logits, one per query (`m = prompt_encoder_config.mask_input_size`, 4x the embedding grid), e.g. a
+                previous call's `pred_masks[:, :, k]` for iterative refinement; a binary mask goes through the image
+                processor. Needs a model with a mask encoder (`prompt_encoder_config.mask_prompts`). With texts the
+                batch axis is the text axis `T`, and `Q` is 1 for a text alone.
             multimask_output (`bool`): three candidate masks per query if True, one otherwise.
             input_ids (`[T, L]`, *optional*): texts describing what to segment ([CLS]-first ids from
                 `EsamBlipProcessor`). Text `t` goes with image `t`, or every text with the single image (`B == 1`;
@@ -326,8 +342,8 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         match_threshold = self.config.match_threshold if match_threshold is None else match_threshold
         if not is_tracing():
             self._check_inputs(
-                pixel_values, image_embeddings, input_points, input_labels, input_boxes, multimask_output,
-                input_ids, blip_pixel_values, blip_image_embeds, match_threshold,
+                pixel_values, image_embeddings, input_points, input_labels, input_boxes, input_masks,
+                multimask_output, input_ids, blip_pixel_values, blip_image_embeds, match_threshold,
             )  # fmt: skip
 
         # Encode.
@@ -345,7 +361,7 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
                 input_points, input_labels, input_boxes, self.config.prompt_encoder_config.max_num_points
             )
             pred_masks, iou_scores = self.model.sam.predict_masks(
-                decoder_embeddings, points, point_labels, multimask_output
+                decoder_embeddings, points, point_labels, multimask_output, input_masks=input_masks
             )
             fields = {"iou_scores": iou_scores, "pred_masks": pred_masks}
         else:
@@ -360,6 +376,7 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
                     input_labels=input_labels,
                     input_boxes=input_boxes,
                     multimask_output=multimask_output,
+                    input_masks=input_masks,
                 )
             )
             output_class = strategy.output_class
@@ -391,6 +408,7 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
         input_points: torch.Tensor | None,
         input_labels: torch.Tensor | None,
         input_boxes: torch.Tensor | None,
+        input_masks: torch.Tensor | None,
         multimask_output: bool,
         input_ids: torch.Tensor | None,
         blip_pixel_values: torch.Tensor | None,
@@ -438,8 +456,17 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
                     f"The BLIP images ({blip_images}) and the EfficientSAM images ({num_images}) must be the same batch."
                 )
         frame = config.sam_vision_config.image_size
+        if input_masks is not None and not config.prompt_encoder_config.mask_prompts:
+            raise ValueError(
+                "`input_masks` needs a model with a mask encoder (`prompt_encoder_config.mask_prompts=True`); this "
+                "checkpoint has none (the original EfficientSAM checkpoints have none). Prompt with points, boxes or "
+                "texts."
+            )
         if input_ids is None:
             validate_point_and_box_prompts(num_images, frame, input_points, input_labels, input_boxes)
+            if input_masks is not None:
+                queries = count_queries(input_points, input_boxes)
+                validate_mask_prompts(input_masks, num_images, queries, config.prompt_encoder_config.mask_input_size)
             return
         check_tensor("input_ids", input_ids, 2, None, "[texts, length]")
         num_texts = input_ids.shape[0]
@@ -452,6 +479,9 @@ class EsamBlipForPromptableSegmentation(EsamBlipPreTrainedModel):
                 f"{num_texts} texts. Pass one image per text, or a single image for every text."
             )
         validate_point_and_box_prompts(num_texts, frame, input_points, input_labels, input_boxes, required=False)
+        if input_masks is not None:
+            queries = count_queries(input_points, input_boxes)
+            validate_mask_prompts(input_masks, num_texts, queries, config.prompt_encoder_config.mask_input_size)
 
     def _encode_blip(
         self, blip_pixel_values: torch.Tensor | None, blip_image_embeds: torch.Tensor | None, needed: bool

@@ -26,6 +26,11 @@ precision than the model's (float16/float64 into float32) is cast to the model's
 **Assembly.** [`assemble_prompts`] merges points and boxes (two corner points, after the query's points) into exactly
 `max_num_points` slots; [`append_points`] adds points computed by the model (Grad-CAM peaks) to every query;
 [`append_prompt_tokens`] appends learned text tokens after the embedded points.
+
+**Dense mask prompts.** `input_masks [B, Q, m, m]`: low-resolution mask logits, one per query (SAM's mask input;
+`m` is `prompt_encoder_config.mask_input_size`, four times the embedding grid), e.g. a previous call's `pred_masks`
+for iterative refinement. [`validate_mask_prompts`] checks them; a binary user mask becomes
+`+MASK_PROMPT_LOGIT` inside and `-MASK_PROMPT_LOGIT` outside (the image processor does it).
 """
 
 import math
@@ -55,6 +60,8 @@ USER_POINT_LABELS = (int(PromptLabel.BACKGROUND), int(PromptLabel.FOREGROUND))
 BOX_CORNER_LABELS = (int(PromptLabel.BOX_TOP_LEFT), int(PromptLabel.BOX_BOTTOM_RIGHT))
 PADDING_COORDINATE = -1.0
 LABELS_HELP = "-1 padding, 0 background, 1 foreground, 2/3 box corners"
+# The logit a binary mask prompt gets inside (and its negative outside): confident, like a previous prediction.
+MASK_PROMPT_LOGIT = 10.0
 
 
 def is_tracing() -> bool:
@@ -232,6 +239,39 @@ def validate_point_and_box_prompts(
         )
 
 
+def validate_mask_prompts(input_masks: object, batch_size: int, num_queries: int, mask_input_size: int) -> None:
+    """
+    The boundary checks of dense mask prompts: a floating-point tensor `[batch_size, num_queries, m, m]` of finite
+    logits, `m = mask_input_size`. Raises `TypeError`/`ValueError` naming `input_masks`.
+
+    Args:
+        batch_size: the number of images (or texts) the masks go with.
+        num_queries: the queries per image of the point/box prompts (1 for text alone).
+        mask_input_size: `prompt_encoder_config.mask_input_size`.
+    """
+    expected = f"[batch, queries, {mask_input_size}, {mask_input_size}] (mask logits at the model's mask-input size)"
+    check_tensor("input_masks", input_masks, 4, None, expected)
+    if tuple(input_masks.shape[2:]) != (mask_input_size, mask_input_size):
+        raise ValueError(
+            f"`input_masks` must have shape {expected}, got {tuple(input_masks.shape)}. EsamBlipImageProcessor "
+            "resizes a full-size mask."
+        )
+    if not input_masks.is_floating_point():
+        raise TypeError(
+            f"`input_masks` must be floating-point mask logits, got dtype {input_masks.dtype}; pass a binary mask "
+            f"through EsamBlipImageProcessor (it becomes +/-{MASK_PROMPT_LOGIT:g})."
+        )
+    if input_masks.shape[0] != batch_size:
+        raise ValueError(f"`input_masks` has batch size {input_masks.shape[0]} but the prompts have {batch_size}.")
+    if input_masks.shape[1] != num_queries:
+        raise ValueError(
+            f"`input_masks` holds {input_masks.shape[1]} masks per image but the point/box prompts hold {num_queries} "
+            "queries: give one mask per query."
+        )
+    if not torch.isfinite(input_masks).all():
+        raise ValueError("`input_masks` must be finite, got NaN or infinite values.")
+
+
 def assemble_prompts(
     input_points: torch.Tensor | None,
     input_labels: torch.Tensor | None,
@@ -319,6 +359,7 @@ def count_queries(*prompts: torch.Tensor | None) -> int:
 __all__ = [
     "BOX_CORNER_LABELS",
     "LABELS_HELP",
+    "MASK_PROMPT_LOGIT",
     "PADDING_COORDINATE",
     "USER_POINT_LABELS",
     "VALID_LABELS",
@@ -335,5 +376,6 @@ __all__ = [
     "default_labels",
     "is_tracing",
     "rescale_coordinates",
+    "validate_mask_prompts",
     "validate_point_and_box_prompts",
 ]

@@ -63,7 +63,9 @@ class EsamBlipGradCamTextPrompts(EsamBlipTextPromptStrategy):
             points, labels, inputs.input_boxes, self.config.prompt_encoder_config.max_num_points
         )
         image_embeddings = pair_with_texts(inputs.image_embeddings, num_texts, "image_embeddings")
-        pred_masks, iou_scores = sam.predict_masks(image_embeddings, points, labels, inputs.multimask_output)
+        pred_masks, iou_scores = sam.predict_masks(
+            image_embeddings, points, labels, inputs.multimask_output, input_masks=inputs.input_masks
+        )
 
         best_logits, _ = select_best_masks(pred_masks[:, 0], iou_scores[:, 0])
         enhanced = mask_enhanced_heatmap(heatmap, best_logits > 0, self.heatmap_mask_alpha)  # the sign decides

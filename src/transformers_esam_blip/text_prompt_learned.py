@@ -60,7 +60,9 @@ class EsamBlipLearnedTextPrompts(EsamBlipTextPromptStrategy):
             point_embeddings = sam.embed_prompts(points, labels).to(image_embeddings.dtype)
         sparse = append_prompt_tokens(point_embeddings, text_tokens)
         image_embeddings = pair_with_texts(image_embeddings, num_texts, "image_embeddings")
-        pred_masks, iou_scores = sam.decode(image_embeddings, sparse, inputs.multimask_output)
+        pred_masks, iou_scores = sam.decode(
+            image_embeddings, sparse, inputs.multimask_output, input_masks=inputs.input_masks
+        )
         return TextPromptResult(fields={"iou_scores": iou_scores, "pred_masks": pred_masks}, itm_logits=itm_logits)
 
 

@@ -33,6 +33,8 @@ class TextPromptInputs:
         input_ids, attention_mask: `[T, L]` the texts.
         input_points, input_labels, input_boxes: the user's point/box prompts for each text (`[T, Q, ...]`) or `None`.
         multimask_output: three candidates per query if True, one otherwise.
+        input_masks: `[T, Q, m, m]` dense mask prompts (logits) for each text's queries, or `None`; pass them to
+            `EfficientSamModule.decode`/`predict_masks`.
     """
 
     image_embeddings: torch.Tensor
@@ -43,6 +45,7 @@ class TextPromptInputs:
     input_labels: torch.Tensor | None
     input_boxes: torch.Tensor | None
     multimask_output: bool
+    input_masks: torch.Tensor | None = None
 
     @property
     def num_texts(self) -> int:

@@ -2,17 +2,31 @@
 
 import argparse
 import json
+import shlex
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCard
 from safetensors import SafetensorError
 
 from ..commands import CommandParser, check_hub_repo, looks_like_hub_id, run_command
 from ..configuration_esam_blip import EsamBlipConfig
 from ..image_processing_esam_blip import EsamBlipImageProcessor
+from ..model_card import (
+    card_metadata,
+    file_sha256,
+    library_versions,
+    markdown_table,
+    model_parts,
+    parts_description,
+    source_license,
+    usage_snippet,
+    utc_timestamp,
+)
 from ..modeling_esam_blip import EsamBlipForImageTextMatching, EsamBlipForPromptableSegmentation
 from ..processing_esam_blip import EsamBlipProcessor, build_blip_tokenizer
 from .blip import blip_configs_from_state_dict, convert_blip_state_dict, load_blip_source, load_blip_source_config
@@ -21,11 +35,22 @@ from .efficient_sam import (
     efficient_sam_configs_from_state_dict,
     load_efficient_sam_state_dict,
 )
+from .parity import (
+    PROBE_DESCRIPTION,
+    ParityMeasurement,
+    checkpoint_outputs,
+    compare_outputs,
+    probe_inputs,
+    source_outputs,
+)
 
 SUMMARY = "Convert original EfficientSAM and/or BLIP (LAVIS or transformers) weights to one EsamBlip checkpoint."
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # The repository's MODEL_CARD.md links here, so the template also ships with a non-editable install.
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "assets" / "MODEL_CARD.md"
+CONVERSION_SCRIPT = "python conversion/convert_esam_blip.py"
+# Files of a transformers BLIP folder whose bytes the conversion reads (weights, shards, their index, the config).
+_HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".pt", ".pth")
 
 
 def _check_keys(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
@@ -56,6 +81,114 @@ def render_model_card(template: str, values: dict[str, str]) -> str:
         start = template.index("{{")
         raise ValueError(f"Model card placeholder left unfilled: {template[start : template.index('}}', start) + 2]}")
     return template
+
+
+def conversion_command(**arguments: object) -> str:
+    """The conversion command line that `convert_checkpoint(**arguments)` runs (`None`/`False` options left out)."""
+    words = [CONVERSION_SCRIPT]
+    for name, value in arguments.items():
+        if value is True:
+            words.append(f"--{name}")
+        elif value is not None and value is not False:
+            words += [f"--{name}", str(value)]
+    return " ".join([words[0], shlex.join(words[1:])])
+
+
+def source_files(efficientsam: str | Path | None, blip: str | Path | None) -> list[dict[str, str]]:
+    """`{"argument", "file", "sha256"}` of every source file the conversion reads (a BLIP folder's weights and config)."""
+    files = []
+    for argument, source in (("--efficientsam", efficientsam), ("--blip", blip)):
+        if source is None:
+            continue
+        source = Path(source)
+        paths = (
+            sorted(path for path in source.iterdir() if path.is_file() and path.suffix in _HASHED_SUFFIXES)
+            if source.is_dir()
+            else [source]
+        )
+        files += [{"argument": argument, "file": str(path), "sha256": file_sha256(path)} for path in paths]
+    return files
+
+
+def parity_section(measurements: list[ParityMeasurement], dtype: str) -> str:
+    """The model card's parity section: a table of the measured errors and what was compared."""
+    rows = [
+        (
+            m.part,
+            m.output,
+            "x".join(map(str, m.shape)),
+            m.reference,
+            f"{m.max_abs_error:.2e}" if m.max_abs_error else "0",
+            f"{m.reference_max_abs:.3g}",
+        )
+        for m in measurements
+    ]
+    table = markdown_table(
+        ("part", "output", "shape", "compared with", "max abs error", "max abs value"), rows, align="llllrr"
+    )
+    return (
+        f"The written checkpoint ({dtype} weights, reloaded with `from_pretrained` and run in float32) against the "
+        f"source, on one probe input: {PROBE_DESCRIPTION}.\n\n{table}\n\nThe EfficientSAM reference is this package's "
+        "code (the original code does not run here; the package's tests check that code against outputs of the "
+        "original, `tests/fixtures`). The BLIP reference is `transformers`' own BLIP retrieval model, fed `[ENC]` "
+        "first for ITM as LAVIS does."
+    )
+
+
+def conversion_model_card(
+    model_id: str,
+    config: EsamBlipConfig,
+    model_class: str,
+    num_parameters: int,
+    dtype: str,
+    sources: list[str],
+    files: list[dict[str, str]],
+    tokenizer: str | Path | None,
+    parity: list[ParityMeasurement],
+    command: str,
+    date: str,
+    versions: str,
+    notes: list[str],
+) -> ModelCard:
+    """
+    The card of a converted checkpoint, from `MODEL_CARD_TEMPLATE`: the measured parity with the source, the source
+    files with their SHA-256, the command, the date and the versions, and the conversion notes.
+    """
+    provenance = markdown_table(
+        ("argument", "file", "sha256"),
+        [(f["argument"], f"`{Path(f['file']).name}`", f"`{f['sha256']}`") for f in files],
+        align="lll",
+    )
+    if tokenizer is not None:
+        provenance += f"\n\nTokenizer: `{tokenizer}` (`--tokenizer`; `[DEC]` and `[ENC]` added as LAVIS does)."
+    metadata = card_metadata(
+        source_license(*model_parts(config)),
+        tags=[
+            *(["efficientsam", "image-segmentation", "promptable-segmentation"] if config.has_segmentation else []),
+            *(["blip", "image-text-matching", "grad-cam"] if config.has_blip else []),
+        ],
+        pipeline_tag="mask-generation" if config.has_segmentation else None,
+    )
+    text = render_model_card(
+        MODEL_CARD_TEMPLATE.read_text(encoding="utf-8"),
+        {
+            "metadata": metadata.to_yaml(),
+            "model_id": model_id,
+            "sources": ", ".join(sources),
+            "parts": parts_description(config),
+            "num_parameters": f"{num_parameters:,}",
+            "dtype": dtype,
+            "model_class": model_class,
+            "usage": usage_snippet(model_id, config),
+            "parity": parity_section(parity, dtype),
+            "provenance": provenance,
+            "command": command,
+            "date": date,
+            "versions": versions,
+            "notes": "\n".join(f"- {note}" for note in notes) or "- None.",
+        },
+    )
+    return ModelCard(text)
 
 
 def _check_flag(name: str, value: object, minimum: int) -> None:
@@ -143,7 +276,9 @@ def convert_checkpoint(
     Every argument is checked, and `output_dir` is checked to be writable (its staging folder is created), before
     anything is loaded. The folder is written to that temporary sibling and renamed into place only when complete,
     so a failed run (a bad source, a full disk) leaves nothing half-written; an existing `output_dir` is replaced
-    only with `overwrite=True`.
+    only with `overwrite=True`. Before the rename, the written checkpoint is reloaded and compared with the source on a
+    probe input (see `conversion/parity.py`); the measured errors, the source files' SHA-256, the command line, the
+    date and the versions go into the model card (`README.md`) and `conversion.json`.
 
     Hyper-parameters come from the source's own config when it has one (a transformers BLIP folder's
     `config.json`), else from the tensor shapes and the flags; a flag that contradicts the config is an error.
@@ -170,11 +305,16 @@ def convert_checkpoint(
             raise FileNotFoundError(f"{name}: no such file{' or folder' if name == '--blip' else ''}: {source}")
     _check_tokenizer(tokenizer, blip)
     output_dir = Path(output_dir)
+    command = conversion_command(
+        efficientsam=efficientsam, blip=blip, tokenizer=tokenizer, output_dir=output_dir, sam_num_heads=sam_num_heads,
+        blip_vision_heads=blip_vision_heads, blip_text_heads=blip_text_heads, gradcam_block_num=gradcam_block_num,
+        dtype=None if dtype == "float32" else dtype, overwrite=overwrite, push_to_hub=push_to_hub,
+    )  # fmt: skip
     staging, created = _prepare_output(output_dir, overwrite)
     try:
         _convert_into(
             staging, output_dir, efficientsam, blip, sam_num_heads, blip_vision_heads, blip_text_heads, tokenizer,
-            dtype, push_to_hub, gradcam_block_num,
+            dtype, push_to_hub, gradcam_block_num, command,
         )  # fmt: skip
         if output_dir.exists():
             backup = output_dir.with_name(f".{output_dir.name}.old")
@@ -210,8 +350,9 @@ def _convert_into(
     dtype: str,
     push_to_hub: str | None,
     gradcam_block_num: int | None,
+    command: str,
 ) -> None:
-    """Load, convert, check and save into `staging` (see [`convert_checkpoint`])."""
+    """Load, convert, check, save into `staging`, measure the saved checkpoint against the source, write the card."""
     config_kwargs: dict = {"segmentation": efficientsam is not None}
     weights: dict[str, torch.Tensor] = {}
     sources, notes = [], []
@@ -221,6 +362,7 @@ def _convert_into(
         weights.update({f"model.sam.{k}": v for k, v in convert_efficient_sam_state_dict(sam_state).items()})
         sources.append(f"EfficientSAM `{Path(efficientsam).name}`")
     blip_tokenizer = None
+    blip_weights = None
     record: dict = {}
     if blip is not None:
         blip_state, kind, ignored = load_blip_source(blip)
@@ -237,7 +379,8 @@ def _convert_into(
                 )
             blip_kwargs["gradcam_block_num"] = gradcam_block_num
         config_kwargs.update(blip_kwargs)
-        weights.update({f"model.blip.{k}": v for k, v in convert_blip_state_dict(blip_state, kind).items()})
+        blip_weights = convert_blip_state_dict(blip_state, kind)
+        weights.update({f"model.blip.{k}": v for k, v in blip_weights.items()})
         sources.append(f"BLIP ({kind}) `{Path(blip).name}`")
         heads = (blip_kwargs["vision_config"]["num_attention_heads"], blip_kwargs["text_config"]["num_attention_heads"])
         origin = "the source's config.json" if source_config is not None else "the flags or width / 64"
@@ -262,7 +405,7 @@ def _convert_into(
     model = model_class(config)
     _check_keys(model, weights)
     model.load_state_dict(weights, strict=True)
-    model = model.to(DTYPES[dtype]).eval()
+    model.eval()
     num_parameters = sum(p.numel() for p in model.parameters())
 
     image_processor = EsamBlipImageProcessor(
@@ -273,28 +416,39 @@ def _convert_into(
     processor = EsamBlipProcessor(
         image_processor=image_processor, tokenizer=blip_tokenizer, max_txt_len=config.max_txt_len
     )
+    probe = probe_inputs(processor, config)
+    reference = source_outputs(model, blip_weights, probe)
+    files = source_files(efficientsam, blip)
 
     try:
-        model.save_pretrained(staging)
+        model.to(DTYPES[dtype]).save_pretrained(staging)
+        del model
         processor.save_pretrained(staging)
-        parts = [
-            name for name, present in (("EfficientSAM", config.has_segmentation), ("BLIP", config.has_blip)) if present
-        ]
-        card = render_model_card(
-            MODEL_CARD_TEMPLATE.read_text(encoding="utf-8"),
-            {
-                "model_id": push_to_hub or output_dir.name,
-                "sources": ", ".join(sources),
-                "parts": " + ".join(parts),
-                "num_parameters": f"{num_parameters / 1e6:.2f}M",
-                "dtype": dtype,
-                "model_class": model_class.__name__,
-                "notes": "\n".join(f"- {note}" for note in notes) or "- None.",
-            },
+        parity = compare_outputs(
+            reference, checkpoint_outputs(model_class.from_pretrained(staging, dtype=torch.float32).eval(), probe)
         )
-        (staging / "README.md").write_text(card, encoding="utf-8")
+        date, versions = utc_timestamp(), library_versions()
+        conversion_model_card(
+            push_to_hub or output_dir.name, config, model_class.__name__, num_parameters, dtype, sources, files,
+            tokenizer, parity, command, date, versions, notes,
+        ).save(staging / "README.md")  # fmt: skip
         (staging / "conversion.json").write_text(
-            json.dumps({"sources": sources, "dtype": dtype, **record, "notes": notes}, indent=2), encoding="utf-8"
+            json.dumps(
+                {
+                    "sources": sources,
+                    "source_files": files,
+                    "tokenizer": None if tokenizer is None else str(tokenizer),
+                    "dtype": dtype,
+                    **record,
+                    "parity": [asdict(measurement) for measurement in parity],
+                    "command": command,
+                    "date": date,
+                    "versions": versions,
+                    "notes": notes,
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
         )
     except (OSError, SafetensorError) as error:  # a full disk, a quota, a folder removed under us
         detail = " ".join(str(error).split())
@@ -352,4 +506,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(build_parser(), run, argv)
 
 
-__all__ = ["SUMMARY", "add_arguments", "build_parser", "convert_checkpoint", "main", "render_model_card", "run"]
+__all__ = [
+    "SUMMARY",
+    "add_arguments",
+    "build_parser",
+    "conversion_command",
+    "conversion_model_card",
+    "convert_checkpoint",
+    "main",
+    "parity_section",
+    "render_model_card",
+    "run",
+    "source_files",
+]

@@ -134,6 +134,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also train absent expressions' masks towards empty (config.absent_mask_loss; default: the model's "
         "config, off for --config): stage 1 of the packaged esam-blip-shapes model was trained with it",
     )
+    model.add_argument(
+        "--mask_prompts",
+        action="store_true",
+        help="add SAM's mask encoder (prompt_encoder_config.mask_prompts) so that input_masks prompt the decoder; a "
+        "new mask encoder starts as a no-op",
+    )
+    model.add_argument(
+        "--prompt_mix",
+        action="store_true",
+        help="SAM's training mix: each batch prompted by texts, texts + points, 1-5 points or a jittered box sampled "
+        "from the masks, and --refine_probability of the steps as refinement with the previous mask as mask prompt",
+    )
+    model.add_argument(
+        "--refine_probability",
+        type=float,
+        default=0.25,
+        help="with --prompt_mix: share of refinement steps (needs a mask encoder; default 0.25)",
+    )
     train = parser.add_argument_group("training")
     train.add_argument(
         "--output_dir",
@@ -222,6 +240,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise CliError(f"--eval_steps must be >= 1, got {args.eval_steps}")
     if args.max_steps == 0 or args.max_steps < -1:
         raise CliError(f"--max_steps must be >= 1 (or -1 to use --num_train_epochs), got {args.max_steps}")
+    if not 0 <= args.refine_probability <= 1:  # also False for NaN
+        raise CliError(f"--refine_probability must lie in [0, 1], got {args.refine_probability}")
+    if args.task == "itm" and (args.prompt_mix or args.mask_prompts):
+        raise CliError("--prompt_mix and --mask_prompts train the segmentation half; they do not apply to --task itm")
     if args.scene_size < 16:
         raise CliError(f"--scene_size must be >= 16 pixels, got {args.scene_size}")
     if not 0 <= args.absent_fraction < 1:

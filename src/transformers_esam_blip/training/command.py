@@ -4,22 +4,28 @@ Without a GPU the command trains on the CPU and joins a multi-process launch wit
 (accelerate 1.x) starts a single process whatever `--num_processes` says unless given an MPI hostfile; the command
 then warns. Every checkpoint (and the final model in `--output_dir`) holds `model.safetensors`, the config and the
 processor, and loads with `AutoModel` / `AutoModelForMaskGeneration` / `AutoProcessor`. Errors are one line on stderr
-(`error: ...`) and exit status 2; progress goes to stderr.
+(`error: ...`) and exit status 2; progress goes to stderr. At the end, `--output_dir` gets a model card (`README.md`:
+the command line, the data, the final metrics, the time, the base model) and the same facts as `training.json`;
+`--push_to_hub` uploads that card.
 """
 
 import argparse
 import os
+import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
 from transformers import Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import TrainOutput
 
 from ..builtin_presets import build_preset_config, build_preset_processor
 from ..commands import CliError, load_checkpoint_config, looks_like_hub_id, run_command
 from ..data import load_referring_dataset, synthetic_referring_dataset
 from ..data.user_data import check_metadata_file
+from ..model_card import TRAINING_RECORD_FILE, TrainingRecord, training_model_card
 from ..modeling_esam_blip import (
     EsamBlipForImageTextMatching,
     EsamBlipForPromptableSegmentation,
@@ -28,6 +34,7 @@ from ..processing_esam_blip import EsamBlipProcessor
 from ..text_prompt_strategies import TEXT_PROMPT_STRATEGIES, resolve_text_prompt_mode
 from .arguments import build_parser, check_arguments, command_training_arguments
 from .freezing import apply_freezing
+from .prompt_mix import PromptMix
 from .trainer_builders import build_itm_trainer, build_trainer
 
 
@@ -101,6 +108,7 @@ def load_model(args: argparse.Namespace) -> tuple[EsamBlipForPromptableSegmentat
     if args.config is not None:
         processor = build_preset_processor(args.config)
         config = build_preset_config(args.config, processor, **{"prompter_source": "text", **overrides})
+        config.prompt_encoder_config.mask_prompts = config.prompt_encoder_config.mask_prompts or args.mask_prompts
         if args.text_prompt_mode is not None:
             config.text_prompt_mode = args.text_prompt_mode
         return model_class(config), processor
@@ -117,8 +125,15 @@ def load_model(args: argparse.Namespace) -> tuple[EsamBlipForPromptableSegmentat
             f"--model {args.model} needs both halves for referring segmentation (has_segmentation="
             f"{config.has_segmentation}, has_blip={config.has_blip}); convert it with --efficientsam and --blip"
         )
-    # A prompter or fusion the checkpoint lacks starts from the model's init (the fusion as the identity).
-    model = EsamBlipForPromptableSegmentation.from_pretrained(args.model, **overrides)
+    # A prompter, fusion or mask encoder the checkpoint lacks starts from the model's init (the fusion as the identity,
+    # the mask encoder as a no-op).
+    if args.mask_prompts:
+        config.prompt_encoder_config.mask_prompts = True
+        for name, value in overrides.items():
+            setattr(config, name, value)
+        model = EsamBlipForPromptableSegmentation.from_pretrained(args.model, config=config)
+    else:
+        model = EsamBlipForPromptableSegmentation.from_pretrained(args.model, **overrides)
     mode = model.config.text_prompt_mode if args.text_prompt_mode is None else args.text_prompt_mode
     try:
         TEXT_PROMPT_STRATEGIES[resolve_text_prompt_mode(model.config, mode)].check_model(model.base_model)
@@ -134,8 +149,8 @@ def load_model(args: argparse.Namespace) -> tuple[EsamBlipForPromptableSegmentat
     return model, processor
 
 
-def _report(trainer: Trainer, global_step: int, evaluate: bool, args: argparse.Namespace) -> None:
-    """Print the loss trend and, with evaluation data, the final scores."""
+def _report(trainer: Trainer, global_step: int, evaluate: bool, args: argparse.Namespace) -> dict[str, float]:
+    """Print the loss trend and, with evaluation data, the final scores; returns those scores (`{}` without)."""
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     summary = f"Trained to step {global_step}"
     if losses:
@@ -153,10 +168,83 @@ def _report(trainer: Trainer, global_step: int, evaluate: bool, args: argparse.N
             "Evaluation: " + ", ".join(f"{name}={value:.4f}" for name, value in scores.items()),
             trainer.args,
         )
+        return scores
+    return {}
+
+
+def _eval_seed(args: argparse.Namespace) -> int:
+    # A different seed keeps the synthetic evaluation scenes out of the training scenes.
+    return args.seed + 1 if args.eval_dataset == args.dataset else args.seed
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """`python -m transformers_esam_blip.training` with every option of `args` that differs from its default."""
+    words = ["python", "-m", "transformers_esam_blip.training"]
+    for action in build_parser()._actions:  # argparse lists its options nowhere public
+        value = getattr(args, action.dest, action.default)
+        if not action.option_strings or action.dest == "debug" or value == action.default:
+            continue
+        option = next(name for name in action.option_strings if name.startswith("--"))
+        if isinstance(action, argparse.BooleanOptionalAction):
+            words.append(option if value else f"--no-{option[2:]}")
+        elif action.nargs == 0 or (action.nargs == "?" and value == action.const):
+            words.append(option)
+        else:
+            words += [option, *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    return shlex.join(words)
+
+
+def _data_description(source: str, split: str | None, num_scenes: int, seed: int, args: argparse.Namespace) -> str:
+    if source != "synthetic":
+        return f"`{source}`" + (f", split `{split}`" if split else "")
+    return (
+        f"synthetic scenes (`transformers_esam_blip.data`): {num_scenes:,} drawn with seed {seed} at "
+        f"{args.scene_size}x{args.scene_size}, absent-expression fraction {args.absent_fraction}"
+    )
+
+
+def _training_record(
+    args: argparse.Namespace,
+    trainer: Trainer,
+    result: TrainOutput,
+    data: tuple[datasets.Dataset, datasets.Dataset | None],
+    parameters: tuple[int, int],
+    scores: dict[str, float],
+    started: float,
+) -> TrainingRecord:
+    """What this run did, for its model card (see [`training_model_card`])."""
+    train_dataset, eval_dataset = data
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    train_data = _data_description(args.dataset, args.dataset_split, args.num_scenes, args.seed, args)
+    if args.dataset == "synthetic" and args.shared_attribute_fraction:
+        train_data += f", shared-attribute fraction {args.shared_attribute_fraction}"
+    return TrainingRecord(
+        command=_command_line(args),
+        base_model=args.model,
+        preset=args.config,
+        task=args.task,
+        freeze=args.freeze,
+        train_data=train_data,
+        num_train_examples=len(train_dataset),
+        eval_data=None
+        if eval_dataset is None
+        else _data_description(args.eval_dataset, args.eval_split, args.num_eval_scenes, _eval_seed(args), args),
+        num_eval_examples=None if eval_dataset is None else len(eval_dataset),
+        global_step=result.global_step,
+        num_parameters=parameters[0],
+        trainable_parameters=parameters[1],
+        final_metrics=scores,
+        train_loss=(losses[0], losses[-1]) if losses else None,
+        train_runtime_s=result.metrics.get("train_runtime"),
+        wall_time_s=time.monotonic() - started,
+        world_size=trainer.args.world_size,
+        device=str(trainer.args.device),
+    )
 
 
 def run(args: argparse.Namespace) -> None:
     """Train as the parsed command line says (`python -m transformers_esam_blip.training` / `esam-blip train`)."""
+    started = time.monotonic()
     check_arguments(args)
     check_dataset_source(args.dataset, "--dataset")
     if args.eval_dataset is not None:
@@ -187,13 +275,11 @@ def run(args: argparse.Namespace) -> None:
         eval_dataset = None
         if args.eval_dataset is not None:
             _progress(f"Loading the evaluation data ({args.eval_dataset}) ...", training_args)
-            # A different seed keeps the synthetic evaluation scenes out of the training scenes.
-            eval_seed = args.seed + 1 if args.eval_dataset == args.dataset else args.seed
             eval_dataset = load_dataset(
                 args.eval_dataset,
                 args.eval_split,
                 args.num_eval_scenes,
-                eval_seed,
+                _eval_seed(args),
                 args,
             )
     for name, dataset in (("--dataset", train_dataset), ("--eval_dataset", eval_dataset)):
@@ -207,12 +293,26 @@ def run(args: argparse.Namespace) -> None:
     if args.task == "itm":
         trainer = build_itm_trainer(model, processor, train_dataset, eval_dataset, args=training_args)
     else:
-        trainer = build_trainer(model, processor, train_dataset, eval_dataset, args=training_args)
+        prompt_mix = None
+        if args.prompt_mix:
+            refine = args.refine_probability if model.config.prompt_encoder_config.mask_prompts else 0.0
+            prompt_mix = PromptMix(refine_probability=refine, seed=args.seed)
+        trainer = build_trainer(
+            model, processor, train_dataset, eval_dataset, args=training_args, prompt_mix=prompt_mix
+        )
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
     trainer.save_state()
-    _report(trainer, result.global_step, eval_dataset is not None, args)
+    scores = _report(trainer, result.global_step, eval_dataset is not None, args)
+    record = _training_record(args, trainer, result, (train_dataset, eval_dataset), (total, trainable), scores, started)
+    card = training_model_card(record, model, args.push_to_hub or Path(args.output_dir).name)
+    readme = Path(args.output_dir) / "README.md"
+    if trainer.is_world_process_zero():
+        card.save(readme)
+        (Path(args.output_dir) / TRAINING_RECORD_FILE).write_text(record.to_json(), encoding="utf-8")
     if args.push_to_hub is not None:
+        # `Trainer.push_to_hub` writes its own draft card over README.md before uploading the folder: keep this run's.
+        trainer.create_model_card = lambda **_: card.save(readme)
         trainer.push_to_hub()
 
 

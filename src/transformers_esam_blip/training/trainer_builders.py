@@ -15,6 +15,7 @@ from ..modeling_esam_blip import (
 from ..processing_esam_blip import EsamBlipProcessor
 from ..text_prompt_strategies import TEXT_PROMPT_STRATEGIES, resolve_text_prompt_mode
 from .collators import EsamBlipItmCollator, EsamBlipTrainingCollator
+from .prompt_mix import EsamBlipPromptMixCollator, EsamBlipRefinementTrainer, PromptMix
 from .metrics import itm_compute_metrics
 
 TASKS = ("segmentation", "itm")
@@ -102,6 +103,7 @@ def build_trainer(
     output_dir: str | Path | None = None,
     text_prompt_mode: str | None = None,
     args: TrainingArguments | None = None,
+    prompt_mix: PromptMix | None = None,
     **training_kwargs: Any,
 ) -> Trainer:
     """
@@ -119,6 +121,9 @@ def build_trainer(
             `model.config.text_prompt_mode` (so every checkpoint keeps it); `None` keeps the model's setting.
         args (`TrainingArguments`, *optional*): ready arguments (made by [`training_arguments`], or with the same
             `label_names` and `remove_unused_columns=False`); otherwise built from `output_dir` and `training_kwargs`.
+        prompt_mix ([`PromptMix`], *optional*): SAM's training mix (texts, texts plus points, points, jittered boxes
+            sampled from the masks, and simulated refinement with mask prompts): an [`EsamBlipPromptMixCollator`] and
+            an [`EsamBlipRefinementTrainer`]. Without it every batch is prompted as the dataset says.
         training_kwargs: passed to [`training_arguments`].
     """
     args = _trainer_arguments(args, output_dir, eval_dataset is not None, "segmentation", training_kwargs)
@@ -126,8 +131,13 @@ def build_trainer(
     # An unknown mode, or one the model cannot run, fails here rather than at the first step.
     TEXT_PROMPT_STRATEGIES[resolve_text_prompt_mode(model.config, mode)].check_model(model.base_model)
     model.config.text_prompt_mode = mode
-    collator = EsamBlipTrainingCollator(processor, model.config)
-    trainer = Trainer(
+    trainer_class, extra = Trainer, {}
+    if prompt_mix is None:
+        collator = EsamBlipTrainingCollator(processor, model.config)
+    else:
+        collator = EsamBlipPromptMixCollator(processor, model.config, prompt_mix, rank=args.process_index)
+        trainer_class, extra = EsamBlipRefinementTrainer, {"prompt_mix": prompt_mix}
+    trainer = trainer_class(
         model=model,
         args=args,
         data_collator=collator,
@@ -136,6 +146,7 @@ def build_trainer(
         processing_class=processor,
         compute_metrics=make_compute_metrics(),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        **extra,
     )
     # The forward takes **kwargs, which Trainer reads as "the loss is a sum over `num_items_in_batch`" and then
     # multiplies it by the number of processes; this loss is already a mean.
