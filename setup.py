@@ -31,10 +31,14 @@ setup(
         "pillow>=10",
         "numpy>=1.26",
         "tqdm>=4.66",
+        "pycocotools>=2.0.8",
     ],
     extras_require={
         "plot": ["matplotlib>=3.8"],
         "onnx": ONNX,
+        # The interactive web demo (python -m transformers_esam_blip.web_demo); its browser test also needs selenium
+        # (in "tests") and Debian's chromium and chromium-driver.
+        "demo": ["gradio>=6,<7"],
         # CI installs this extra: it runs the export tests and the ruff checks too.
         "tests": [
             "pytest>=8",
@@ -43,6 +47,8 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",
+            "selenium>=4.10",
+            "gradio>=6,<7",  # the web demo's tests (the demo extra)
             RUFF,
             *ONNX,
         ],

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import tiny_sam_config
 from PIL import Image
+from test_mask_prompts_processing import randomize
 from test_pipelines_text import save_tiny_joint_checkpoint
 from transformers import pipeline
 
@@ -24,10 +25,12 @@ from transformers_esam_blip import (
     demo,
     evaluation,
 )
-from transformers_esam_blip.cli import build_parser, main, parse_box, parse_point, run_export
+from transformers_esam_blip import annotate as annotate_command
+from transformers_esam_blip.builtin_presets import tiny_config, tiny_processor, tiny_sam_config_kwargs
+from transformers_esam_blip.cli import build_parser, load_mask, main, parse_box, parse_point, run_export
 from transformers_esam_blip.commands import CliError
 from transformers_esam_blip.conversion import checkpoint as conversion
-from transformers_esam_blip.pipelines import TASK
+from transformers_esam_blip.pipelines import PROMPTABLE_TASK, TASK
 from transformers_esam_blip.training import command as training
 from transformers_esam_blip.visualization import draw_masks
 
@@ -87,7 +90,7 @@ def test_help(capsys):
     status, out, _ = _run(capsys, "--help")
     assert status == 0 and all(name in out for name in ("segment", "everything", "itm", "train", "export"))
     status, out, _ = _run(capsys, "segment", "--help")
-    assert status == 0 and "--text" in out and "--points" in out and "--box" in out and "--json" in out
+    assert status == 0 and all(option in out for option in ("--text", "--points", "--box", "--mask", "--json"))
 
 
 def test_point_and_box_syntax():
@@ -123,12 +126,15 @@ def test_text_mode_writes_the_picture_and_json(checkpoints, image_path, tmp_path
         assert np.allclose(summary["points"], result["points"]) and summary["point_labels"] == result["point_labels"]
         top = t * row_height + band
         left = np.asarray(picture.crop((0, top, WIDTH, top + HEIGHT))).astype(int)
-        drawn = np.asarray(draw_masks(image, mask, result["points"], result["point_labels"])).astype(int)
+        absent = not result["is_match"]
+        drawn = np.asarray(draw_masks(image, mask, result["points"], result["point_labels"], absent=absent)).astype(int)
         assert np.array_equal(left, drawn)
         far = _far_from_points(result["points"], radius=3)
         assert 0 < mask.sum() < mask.size, "the check needs a partial mask"
-        assert (np.abs(left - original).sum(-1) > 0)[mask & far].all()
-        assert np.array_equal(left[~mask & far], original[~mask & far])
+        if not absent:  # an absent text's mask is outlined and labelled instead (tests/test_visualization.py)
+            # The fill changes the mask's pixels (a pixel of the outline's own colour may stay as it was).
+            assert (np.abs(left - original).sum(-1) > 0)[mask & far].mean() > 0.95
+            assert np.array_equal(left[~mask & far], original[~mask & far])
 
 
 def test_point_and_box_mode(checkpoints, image_path, tmp_path, capsys):
@@ -263,6 +269,132 @@ def test_errors_are_one_line(checkpoints, image_path, tmp_path, capsys, argv, me
     assert not (tmp_path / "o.png").exists() or "export" in argv
 
 
+@pytest.fixture(scope="module")
+def mask_checkpoint(tmp_path_factory) -> Path:
+    """The tiny preset (both halves, random weights, synthetic vocabulary) with a mask encoder (32x32 mask prompts)."""
+    folder = tmp_path_factory.mktemp("cli-masks") / "tiny-masks"
+    processor = tiny_processor()
+    prompt_encoder = {**tiny_sam_config_kwargs()["prompt_encoder_config"], "mask_prompts": True}
+    model = EsamBlipForPromptableSegmentation(tiny_config(processor, prompt_encoder_config=prompt_encoder))
+    randomize(model.model.sam)  # a new mask encoder's last layer is zero: the mask would change nothing
+    model.eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mask_path(tmp_path_factory) -> Path:
+    """A drawn mask of the scene's red square: 0 outside, 255 inside, mode L."""
+    mask = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    mask[10:30, 5:20] = 255
+    path = tmp_path_factory.mktemp("masks") / "mask.png"
+    Image.fromarray(mask).save(path)
+    return path
+
+
+def test_mask_prompt_in_point_mode(mask_checkpoint, image_path, mask_path, tmp_path, capsys):
+    report = tmp_path / "mask.json"
+    status, _, _ = _run(
+        capsys, "segment", image_path, "--points", "12,20", "--mask", mask_path, "--model", mask_checkpoint,
+        "--output", tmp_path / "o.png", "--json", report,
+    )  # fmt: skip
+    assert status == 0
+    image = Image.open(image_path).convert("RGB")
+    processor = EsamBlipProcessor.from_pretrained(mask_checkpoint)
+    model = EsamBlipForPromptableSegmentation.from_pretrained(mask_checkpoint).eval()
+    inputs = processor(images=image, input_points=[[[[12, 20]]]], input_masks=[[np.asarray(Image.open(mask_path))]])
+    with torch.no_grad():
+        out = model(**inputs)
+        plain = model(**processor(images=image, input_points=[[[[12, 20]]]]))
+    best = int(out.iou_scores[0, 0].argmax())
+    expected = processor.post_process_masks(out.pred_masks, inputs["original_sizes"])[0][0, best]
+    data = json.loads(report.read_text())
+    assert data["mask_prompt"] == str(mask_path)
+    assert data["best_candidate"] == best and data["mask_area"] == int(expected.sum())
+    assert data["scores"] == pytest.approx(out.iou_scores[0, 0].tolist())
+    assert data["scores"] != pytest.approx(plain.iou_scores[0, 0].tolist(), abs=1e-6)
+
+
+def test_mask_prompt_in_text_mode_goes_with_each_text(mask_checkpoint, image_path, mask_path, tmp_path, capsys):
+    report = tmp_path / "text.json"
+    texts = ["the red square", "the blue circle"]
+    status, _, _ = _run(
+        capsys, "segment", image_path, "--text", texts[0], "--text", texts[1], "--mask", mask_path,
+        "--model", mask_checkpoint, "--output", tmp_path / "o.png", "--json", report,
+    )  # fmt: skip
+    assert status == 0
+    segmenter = pipeline(PROMPTABLE_TASK, model=str(mask_checkpoint), device="cpu")
+    image = Image.open(image_path).convert("RGB")
+    expected = segmenter(image, text=texts, input_masks=[np.asarray(Image.open(mask_path))])
+    without = segmenter(image, text=texts)
+    data = json.loads(report.read_text())
+    assert data["mode"] == "text" and data["mask_prompt"] == str(mask_path)
+    for summary, result, plain in zip(data["results"], expected, without, strict=True):
+        assert summary["text"] == result["text"] and summary["mask_area"] == int(result["mask"].sum())
+        assert summary["score"] == pytest.approx(result["score"])
+        assert summary["score"] != pytest.approx(plain["score"], abs=1e-6)
+
+
+def test_load_mask_accepts_binary_single_channel_pngs(image_path, mask_path, tmp_path):
+    image = Image.open(image_path)
+    drawn = np.asarray(Image.open(mask_path)) == 255
+    Image.fromarray(drawn).save(tmp_path / "one-bit.png")
+    Image.fromarray(drawn.astype(np.uint8)).save(tmp_path / "zero-one.png")
+    processor = EsamBlipImageProcessor(sam_image_size=64, mask_input_size=32)
+    expected = processor(image.convert("RGB"), input_masks=[[drawn]])["input_masks"]
+    for path in (mask_path, tmp_path / "one-bit.png", tmp_path / "zero-one.png"):
+        mask = load_mask(path, image)
+        assert torch.equal(processor(image.convert("RGB"), input_masks=[[mask]])["input_masks"], expected), path
+
+
+def _write_mask(path: Path, kind: str) -> None:
+    binary = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    binary[10:30, 5:20] = 255
+    if kind == "rgb":
+        Image.fromarray(np.repeat(binary[..., None], 3, axis=2)).save(path)
+    elif kind == "palette":
+        Image.fromarray(binary).convert("P").save(path)
+    elif kind == "gray-alpha":
+        Image.fromarray(binary).convert("LA").save(path)
+    elif kind == "soft":
+        binary[0, :3] = (1, 128, 254)
+        Image.fromarray(binary).save(path)
+    elif kind == "small":
+        Image.fromarray(binary[:20]).save(path)
+    elif kind == "text":
+        path.write_text("not an image")
+
+
+@pytest.mark.parametrize(
+    ("kind", "model", "message"),
+    [
+        ("rgb", "mask", r"--mask: .*m\.png has mode RGB \(R\+G\+B\); a mask must be single-channel"),
+        ("palette", "mask", r"--mask: .* has mode P \(P\); a mask must be single-channel"),
+        ("gray-alpha", "mask", r"--mask: .* has mode LA \(L\+A\)"),
+        ("soft", "mask", r"--mask: .* is not binary: it holds the values \{0, 1, 128, 254, 255\}"),
+        ("small", "mask", r"--mask: .* is 64x20 pixels but the image is 64x48"),
+        ("text", "mask", r"--mask: .* is not a readable image"),
+        ("missing", "mask", r"--mask: .*m\.png does not exist"),
+        ("rgb", "joint", r"--mask: --model .* has no mask encoder"),
+    ],
+)
+def test_bad_mask_prompts_are_one_line_errors(
+    checkpoints, mask_checkpoint, image_path, tmp_path, capsys, kind, model, message
+):
+    path = tmp_path / "m.png"
+    _write_mask(path, kind)
+    folder = mask_checkpoint if model == "mask" else checkpoints["joint"]
+    status, _, err = _run(
+        capsys, "segment", image_path, "--points", "12,20", "--mask", path, "--model", folder,
+        "--output", tmp_path / "o.png",
+    )  # fmt: skip
+    assert status == 2
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert re.search(message, errors[0]), errors[0]
+    assert not (tmp_path / "o.png").exists()
+
+
 @pytest.mark.slow
 def test_real_process_on_the_converted_fixtures(joint_checkpoint, image_path, tmp_path):
     """The installed `esam-blip` script (or `python -m transformers_esam_blip.cli` from a source tree)."""
@@ -291,6 +423,11 @@ def test_real_process_on_the_converted_fixtures(joint_checkpoint, image_path, tm
     assert len(failed.stderr.strip().splitlines()) == 1
 
 
+def test_demo_web_port_is_checked(capsys):
+    status, _, err = _run(capsys, "demo", "--web", "--port", "0")
+    assert status == 2 and "error: --port must be in [1, 65535], got 0" in err
+
+
 def test_subcommands_delegate_to_the_module_commands(capsys):
     """`esam-blip train/evaluate/demo/convert` run the code of the `python -m` forms, with their arguments."""
     parser = build_parser()
@@ -300,6 +437,7 @@ def test_subcommands_delegate_to_the_module_commands(capsys):
         "demo": ([], demo.run, "--num_scenes"),
         "convert": (["--output_dir", "out"], conversion.run, "--efficientsam"),
         "export": (["esam-blip-shapes", "--output", "out"], run_export, "--opset"),
+        "annotate": (["images", "--output_dir", "out", "--everything"], annotate_command.run, "--text_column"),
     }
     for name, (argv, run, option) in cases.items():
         assert parser.parse_args([name, *argv]).run is run, name

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+from datasets import IterableDataset
 
 from transformers_esam_blip.data import (
     decode_rle,
@@ -15,6 +16,7 @@ from transformers_esam_blip.data import (
     mask_to_bool,
     polygons_to_mask,
 )
+from transformers_esam_blip.data.user_data import find_referring_source
 
 # Masks and their compressed COCO RLE strings as pycocotools 2.0 `mask.encode` writes them.
 _SMALL = np.zeros((7, 9), dtype=bool)
@@ -122,11 +124,11 @@ def test_polygon_masks_and_custom_columns(tmp_path):
     root = write_folder(tmp_path / "data", rows, [image] * 3)
     dataset = load(root, text_column="caption", mask_column="seg", mask_format="polygon", match_label_column="present")
     expected_square = np.zeros((20, 30), dtype=bool)
-    expected_square[4:14, 5:15] = True  # PIL fills the vertices' pixels too
+    expected_square[4:13, 5:14] = True  # COCO's rasteriser: x from 5 to 14 covers the pixels 5..13
     stored = [mask > 0 for mask in mask_arrays(dataset)]
     assert np.array_equal(stored[0], expected_square)
     assert np.array_equal(stored[1], polygons_to_mask(two, 20, 30))
-    assert stored[1][:5, :5].all() and stored[1][19, 29] and not stored[1][19, 20]
+    assert stored[1][:4, :4].all() and not stored[1][4, :5].any() and stored[1][10, 21] and not stored[1][18, 20]
     assert not stored[2].any()
     assert dataset["text"] == ["a square", "two parts", "nothing"] and dataset["match_label"] == [1, 1, 0]
 
@@ -177,14 +179,79 @@ def test_mask_to_bool_accepts_common_forms():
 
 def test_missing_column_names_it_and_lists_the_available_ones(tmp_path, scenes):
     images, masks = scenes
-    rows = [{"text": "x", "segmentation": encode_rle(mask)} for mask in masks]
+    rows = [{"text": "x", "seg": encode_rle(mask)} for mask in masks]
     root = write_folder(tmp_path / "data", rows, images)
-    with pytest.raises(ValueError, match=r"`mask_column`='mask' is not a column.*\['text', 'segmentation', 'image'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"`mask_column` is not given and the dataset has none of the columns \('mask', 'segmentation'\); "
+        r"available columns: \['text', 'seg', 'image'\]",
+    ):
         load(root)
+    with pytest.raises(ValueError, match=r"`mask_column`='mask' is not a column.*\['text', 'seg', 'image'\]"):
+        load(root, mask_column="mask")
     with pytest.raises(ValueError, match="`text_column`='caption'"):
-        load(root, text_column="caption", mask_column="segmentation")
+        load(root, text_column="caption", mask_column="seg")
     with pytest.raises(ValueError, match="`match_label_column`='label'"):
-        load(root, mask_column="segmentation", match_label_column="label")
+        load(root, mask_column="seg", match_label_column="label")
+
+
+def test_refcoco_style_rows_explode_and_columns_fall_back_to_aliases(tmp_path, scenes):
+    """One region with several sentences (strings or `refer` sentence objects) → one example per sentence."""
+    images, masks = scenes
+    rows = [
+        {"sentences": ["left thing", "the first one"], "segmentation": encode_rle(masks[0], compressed=True)},
+        {"sentences": [{"sent": "middle thing", "raw": "Middle thing!", "tokens": ["middle", "thing"]}],
+         "segmentation": encode_rle(masks[1])},
+        {"sentences": "nothing here", "segmentation": encode_rle(masks[2])},
+    ]  # fmt: skip
+    dataset = load(write_folder(tmp_path / "data", rows, images))
+    assert dataset["text"] == ["left thing", "the first one", "middle thing", "nothing here"]
+    expected = [masks[0], masks[0], masks[1], masks[2]]
+    check_canonical(dataset, [images[0], images[0], images[1], images[2]], expected)
+    with pytest.raises(ValueError, match=r"text of row 1\[0\] must be a non-empty string or a sentence object"):
+        load(write_folder(tmp_path / "bad", [rows[0], {**rows[1], "sentences": [{"tokens": []}]}, rows[2]], images))
+    with pytest.raises(ValueError, match=r"text of row 0 must be a non-empty string or a non-empty list"):
+        load(write_folder(tmp_path / "empty", [{**rows[0], "sentences": []}, rows[1], rows[2]], images))
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "arrow"])
+def test_parquet_and_arrow_files_under_any_name(tmp_path, scenes, suffix):
+    images, masks = scenes
+    rows = [{"text": f"object {i}", "mask": encode_rle(mask)} for i, mask in enumerate(masks)]
+    source = load(write_folder(tmp_path / "data", rows, images))
+    folder = tmp_path / "tables"
+    (folder / "nested").mkdir(parents=True)
+    first, second = source.select(range(2)), source.select(range(2, 3))
+    if suffix == "parquet":
+        first.to_parquet(str(folder / "part-b.parquet"))
+        second.to_parquet(str(folder / "nested" / "z.parquet"))
+        files = [folder / "nested" / "z.parquet", folder / "part-b.parquet"]  # sorted paths: nested/ first
+        order = [2, 0, 1]
+    else:
+        first.save_to_disk(str(tmp_path / "saved"))
+        arrow = next((tmp_path / "saved").glob("*.arrow"))
+        (folder / "anything.arrow").write_bytes(arrow.read_bytes())
+        files, order = [folder / "anything.arrow"], [0, 1]
+    loaded = load_referring_dataset(folder, cache_dir=str(tmp_path / "cache2"))
+    check_canonical(loaded, [images[i] for i in order], [masks[i] for i in order])
+    assert find_referring_source(folder).files == tuple(files)
+    single = load_referring_dataset(files[-1], cache_dir=str(tmp_path / "cache3"))
+    assert single["text"] == [source["text"][i] for i in order[-len(single) :]]
+
+
+def test_streaming_gives_the_same_rows(tmp_path, scenes):
+    images, masks = scenes
+    rows = [{"sentences": [f"object {i}", f"thing {i}"], "mask": encode_rle(mask)} for i, mask in enumerate(masks)]
+    root = write_folder(tmp_path / "data", rows, images)
+    streamed = load(root, streaming=True)
+    assert isinstance(streamed, IterableDataset)
+    stored = load(root)
+    streamed_rows = list(streamed)
+    assert [row["text"] for row in streamed_rows] == stored["text"]
+    for row, mask in zip(streamed_rows, mask_arrays(stored), strict=True):
+        assert np.array_equal(np.asarray(row["mask"]), mask)
+    with pytest.raises(ValueError, match="`num_proc` .* does not apply with `streaming=True`"):
+        load(root, streaming=True, num_proc=2)
 
 
 def test_mask_errors(tmp_path, scenes):
@@ -215,8 +282,11 @@ def test_row_and_source_errors(tmp_path, scenes):
     root = write_folder(tmp_path / "labels", rows, images)
     with pytest.raises(ValueError, match="match label of row 0 must be 0 or 1, got 2"):
         load(root, match_label_column="label")
-    with pytest.raises(ValueError, match="is a file"):
-        load_referring_dataset(root / "metadata.jsonl")
+    with pytest.raises(ValueError, match="match label of row 0 must be 0 or 1, got 2"):
+        load_referring_dataset(root / "metadata.jsonl", match_label_column="label")  # one table file loads too
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"notes\.txt is a \.txt file; give a COCO \.json"):
+        load_referring_dataset(tmp_path / "notes.txt")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="has no metadata.jsonl"):
         load_referring_dataset(tmp_path / "empty")

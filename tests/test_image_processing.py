@@ -571,7 +571,12 @@ def test_unknown_keyword_arguments_raise_type_errors() -> None:
 
 def test_model_input_names_cover_every_output() -> None:
     processor = EsamBlipImageProcessor(sam_image_size=16, blip_image_size=8)
-    out = processor(random_uint8(10, 20), input_points=[[[[1, 2]]]], input_boxes=[[[1, 1, 5, 5]]])
+    out = processor(
+        random_uint8(10, 20),
+        input_points=[[[[1, 2]]]],
+        input_boxes=[[[1, 1, 5, 5]]],
+        input_masks=[[np.zeros((10, 20), dtype=bool)]],
+    )
     assert set(out) == set(processor.model_input_names)
     assert processor.model_input_names[:2] == ["pixel_values", "blip_pixel_values"]
 

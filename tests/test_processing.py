@@ -141,11 +141,21 @@ def test_return_numpy(processor: EsamBlipProcessor) -> None:
 def test_model_input_names_and_post_process(processor: EsamBlipProcessor) -> None:
     image_names = EsamBlipImageProcessor.model_input_names
     assert processor.model_input_names == [*image_names, "input_ids", "attention_mask"]
-    out = processor(images=random_image(), text="a dog", input_points=[[[[1, 2]]]], input_boxes=[[[1, 1, 4, 4]]])
+    out = processor(
+        images=random_image(),
+        text="a dog",
+        input_points=[[[[1, 2]]]],
+        input_boxes=[[[1, 1, 4, 4]]],
+        input_masks=[[np.ones((12, 10), dtype=np.uint8)]],
+    )
     assert set(out) == set(processor.model_input_names)
+    assert tuple(out["input_masks"].shape) == (1, 1, 256, 256) and (out["input_masks"] > 0).all()
     logits = torch.randn(1, 2, 3, 8, 8)
     masks = processor.post_process_masks(logits, [(10, 12)])
     assert torch.equal(masks[0], processor.image_processor.post_process_masks(logits, [(10, 12)])[0])
+    scores = torch.rand(1, 2, 3)
+    best = processor.post_process_masks(logits, [(10, 12)], iou_scores=scores, best=True)
+    assert torch.equal(best[0], masks[0][torch.arange(2), scores[0].argmax(-1)])
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Pictures: mask overlays, LAVIS-style heatmaps (upsample, blur, jet), side-by-side text results, PNG and matplotlib."""
+"""Pictures: outlined masks (contrast, absent), LAVIS-style heatmaps, side-by-side text results, PNG and matplotlib."""
 
 import numpy as np
 import pytest
@@ -6,6 +6,8 @@ import torch
 from PIL import Image
 
 from transformers_esam_blip.visualization import (
+    PALETTE,
+    contrast_colour,
     draw_heatmap,
     draw_masks,
     draw_text_result,
@@ -34,12 +36,110 @@ def mask() -> np.ndarray:
     return mask
 
 
-def test_draw_masks_tints_only_the_mask(image, mask):
+def test_draw_masks_marks_only_the_mask(image, mask):
     picture = np.asarray(draw_masks(image, mask, alpha=0.5)).astype(int)
     original = np.asarray(image).astype(int)
     assert picture.shape == original.shape
-    assert (np.abs(picture - original).sum(-1)[mask] > 0).mean() > 0.95
+    changed = np.abs(picture - original).sum(-1) > 0
+    assert 0.3 < changed[mask].mean() < 0.8  # the outline and the fill's stripes; the object shows between them
     assert np.array_equal(picture[~mask], original[~mask])
+
+
+def _scene(colour, background, size=96):
+    """A flat `colour` square (rows and columns 24..71) on a flat `background`."""
+    image = np.empty((size, size, 3), dtype=np.uint8)
+    image[:] = background
+    mask = np.zeros((size, size), dtype=bool)
+    mask[24:72, 24:72] = True
+    image[mask] = colour
+    return image, mask
+
+
+def test_fill_keeps_the_objects_colour():
+    """A red square still looks red: red stays the dominant channel of its mean colour and of most of its pixels."""
+    image, mask = _scene((220, 30, 30), (128, 128, 128))
+    picture = np.asarray(draw_masks(image, mask)).astype(int)
+    inside = picture[mask]
+    assert inside.mean(axis=0).argmax() == 0
+    assert (inside.argmax(axis=-1) == 0).mean() > 0.6
+    assert (inside == (220, 30, 30)).all(-1).mean() > 0.5  # most of the object shows its own colour untouched
+
+
+@pytest.mark.parametrize(
+    ("colour", "background"),
+    [((220, 30, 30), (128, 128, 128)), ((40, 70, 210), (70, 110, 200)), ((230, 210, 30), (250, 250, 250))],
+    ids=["red-on-gray", "blue-on-blue-sky", "yellow-on-white"],
+)
+def test_outline_contrasts_with_the_object(colour, background):
+    image, mask = _scene(colour, background)
+    picture = np.asarray(draw_masks(image, mask))
+    outline = picture[24, 48].astype(int)  # the top edge of the square
+    assert tuple(outline) in PALETTE
+    assert np.abs(outline - np.array(colour)).sum() > 250  # far from the object's colour, channel by channel
+    assert np.array_equal(picture[23, 48], background)  # drawn inside the mask only
+
+
+def test_contrast_colour_is_deterministic_and_distinct_per_mask():
+    red = (220, 30, 30)
+    first = contrast_colour(red)
+    assert first == contrast_colour(red) and PALETTE[first] != red
+    second = contrast_colour(red, taken=[first])
+    assert second != first  # a second red object gets another colour
+    assert contrast_colour(red, palette=[(230, 25, 50), (0, 215, 255)]) == 1
+
+    image, mask = _scene(red, (128, 128, 128))
+    twin = np.zeros_like(mask)
+    twin[80:90, 5:15] = True
+    image[twin] = red
+    picture = np.asarray(draw_masks(image, np.stack([mask, twin])))
+    assert tuple(picture[24, 48]) == PALETTE[first] and tuple(picture[80, 10]) == PALETTE[second]
+
+
+def test_outline_width_scales_with_the_image():
+    image, mask = _scene((220, 30, 30), (128, 128, 128))
+    colour = PALETTE[contrast_colour((220, 30, 30))]
+    thin = np.asarray(draw_masks(image, mask, alpha=0.0))
+    assert (thin[:, 48] == colour).all(-1).sum() == 2 * 2  # 2 px at the top and at the bottom edge
+    thick = np.asarray(draw_masks(image, mask, alpha=0.0, outline_width=5))
+    assert (thick[:, 48] == colour).all(-1).sum() == 2 * 5
+    large = np.asarray(
+        draw_masks(np.kron(image, np.ones((10, 10, 1), np.uint8)), np.kron(mask, np.ones((10, 10), bool)), alpha=0.0)
+    )
+    assert (large[:, 480] == colour).all(-1).sum() == 2 * 5  # 1/200 of a 960 px side
+
+
+def test_absent_masks_are_dashed_unfilled_and_labelled():
+    image, mask = _scene((30, 180, 30), (128, 128, 128))
+    present = np.asarray(draw_masks(image, mask))
+    picture = np.asarray(draw_masks(image, mask, absent=[True]))
+    colour = PALETTE[contrast_colour((30, 180, 30))]
+    top_edge = (picture[24, 24:72] == colour).all(-1)
+    assert (present[24, 24:72] == colour).all()  # a present mask's outline is solid
+    assert 0.3 < top_edge.mean() < 0.7  # dashes and gaps alternate along the edge
+    assert np.count_nonzero(np.diff(top_edge.astype(int))) >= 4
+    assert (picture[30:66, 30:66] == (30, 180, 30)).all()  # no fill
+    label = picture[:24, 24:72]  # the label sits just above the mask: its box and its letters
+    assert (label == colour).all(-1).sum() > 50 and (np.abs(label.astype(int) - colour).sum(-1) > 200).sum() > 10
+    assert draw_masks(image, mask, absent=True) == draw_masks(image, mask, absent=np.array([True]))
+    assert draw_masks(image, mask, absent=[False]) == draw_masks(image, mask)
+
+
+def test_absent_empty_mask_is_labelled_in_the_corner():
+    image = np.full((96, 96, 3), 128, dtype=np.uint8)
+    picture = np.asarray(draw_masks(image, np.zeros((2, 96, 96), dtype=bool), absent=True))
+    labelled = (picture != 128).any(-1)
+    assert labelled[:12, :30].mean() > 0.5 and labelled[12:24, :30].mean() > 0.5  # two labels, one under the other
+    assert not labelled[30:].any() and not labelled[:, 50:].any()
+
+
+def test_text_result_marks_an_absent_text(image, mask):
+    heatmap = torch.rand(7, 7)
+    absent = draw_text_result(image, mask, heatmap, absent=True)
+    left = absent.crop((0, 0, WIDTH, HEIGHT))
+    assert left == draw_masks(image, mask, absent=[True])
+    assert absent.crop((WIDTH, 0, 2 * WIDTH, HEIGHT)) == draw_text_result(image, mask, heatmap).crop(
+        (WIDTH, 0, 2 * WIDTH, HEIGHT)
+    )
 
 
 def test_draw_masks_points_boxes_and_padding(image):
@@ -149,11 +249,23 @@ def test_long_titles_wrap_within_the_picture(image, mask):
         (lambda image, mask: draw_text_result(image, mask, torch.rand(7, 7), title=3), "title"),
         (lambda image, mask: draw_masks(image, mask, boxes=[[1, 2, 3]]), "boxes"),
         (lambda image, mask: draw_masks(image, mask[None, :, :-1]), "masks"),
+        (lambda image, mask: draw_masks(image, np.stack([mask, mask]), absent=[True]), "absent"),
+        (lambda image, mask: draw_masks(image, mask, outline_width=0), "outline_width"),
+        (lambda image, mask: draw_masks(image, mask, outline_width=2.5), "outline_width"),
+        (lambda image, mask: draw_text_result(image, mask, torch.rand(7, 7), heatmap_alpha=2.0), "heatmap_alpha"),
     ],
 )
 def test_bad_input_names_the_argument(image, mask, call, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
         call(image, mask)
+
+
+@pytest.mark.parametrize("absent", [[1], ["yes"], "yes", [0.0]])
+def test_absent_must_be_booleans(image, mask, absent):
+    with pytest.raises(TypeError, match="`absent` must be booleans"):
+        draw_masks(image, mask, absent=absent)
+    with pytest.raises(TypeError, match="`absent` must be booleans"):
+        draw_text_result(image, mask, torch.rand(7, 7), absent=absent)
 
 
 def test_save_pngs(tmp_path, image, mask):

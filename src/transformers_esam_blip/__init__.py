@@ -33,6 +33,7 @@ from .modeling_esam_blip import (
     EsamBlipPreTrainedModel,
 )
 from .modeling_outputs import EsamBlipGradCamSegmentationOutput, EsamBlipModelOutput, EsamBlipSegmentationOutput
+from .pipelines import PROMPTABLE_TASK, PromptableSegmentationPipeline
 from .pnp_vqa import EsamBlipForPnpVqa, EsamBlipPnpVqaHeatmapOutput, EsamBlipPnpVqaOutput
 from .processing_esam_blip import EsamBlipProcessor
 from .prompts import PromptLabel
@@ -58,6 +59,7 @@ EsamBlipProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "BUILTIN_MODELS",
+    "PROMPTABLE_TASK",
     "DEFAULT_BUILTIN_MODEL",
     "EfficientSamMaskDecoderConfig",
     "EfficientSamPromptEncoderConfig",
@@ -79,6 +81,7 @@ __all__ = [
     "EsamBlipSegmentationOutput",
     "EsamBlipTextPromptStrategy",
     "PromptLabel",
+    "PromptableSegmentationPipeline",
     "__version__",
     "builtin_model_path",
     "register_text_prompt_strategy",

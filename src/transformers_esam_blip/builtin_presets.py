@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .builtin import BUILTIN_PRESETS, BuiltinPreset
-from .configuration_esam_blip import EsamBlipConfig
+from .configuration_esam_blip import EfficientSamPromptEncoderConfig, EsamBlipConfig
 from .data import COLOURS, EXPRESSION_TEMPLATES, SHAPES
 from .image_processing_esam_blip import EsamBlipImageProcessor
 from .processing_esam_blip import ENC_TOKEN, EsamBlipProcessor, build_blip_tokenizer
@@ -15,15 +15,20 @@ _SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _SAM_SUB_CONFIGS = ("sam_vision_config", "prompt_encoder_config", "mask_decoder_config")
 
 
-def synthetic_processor(sam_image_size: int, blip_image_size: int) -> EsamBlipProcessor:
-    """A processor for the synthetic task: the given input sides and a BLIP tokenizer over the task's vocabulary."""
+def synthetic_processor(sam_image_size: int, blip_image_size: int, mask_input_size: int = 256) -> EsamBlipProcessor:
+    """
+    A processor for the synthetic task: the given input sides (and mask-prompt side) and a BLIP tokenizer over the
+    task's vocabulary.
+    """
     words = {word for template in EXPRESSION_TEMPLATES for word in template.split() if not word.startswith("{")}
     vocabulary = [*_SPECIAL_TOKENS, *sorted(words), *COLOURS, *SHAPES]
     with tempfile.TemporaryDirectory() as folder:  # the BLIP tokenizer builder reads a vocab.txt file
         vocab_file = Path(folder) / "vocab.txt"
         vocab_file.write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
         tokenizer = build_blip_tokenizer(vocab_file)
-    image_processor = EsamBlipImageProcessor(sam_image_size=sam_image_size, blip_image_size=blip_image_size)
+    image_processor = EsamBlipImageProcessor(
+        sam_image_size=sam_image_size, blip_image_size=blip_image_size, mask_input_size=mask_input_size
+    )
     return EsamBlipProcessor(image_processor, tokenizer=tokenizer)
 
 
@@ -34,9 +39,13 @@ def _preset(name: str) -> BuiltinPreset:
 
 
 def build_preset_processor(name: str) -> EsamBlipProcessor:
-    """The processor of preset `name`: its input sides and the synthetic task's vocabulary."""
+    """
+    The processor of preset `name`: its input sides, the mask-prompt side of its prompt encoder, and the synthetic
+    task's vocabulary.
+    """
     preset = _preset(name)
-    return synthetic_processor(preset.sam_image_size, preset.blip_image_size)
+    prompt_encoder = EfficientSamPromptEncoderConfig(**preset.config["prompt_encoder_config"])
+    return synthetic_processor(preset.sam_image_size, preset.blip_image_size, prompt_encoder.mask_input_size)
 
 
 def build_preset_config(name: str, processor: EsamBlipProcessor, **overrides: Any) -> EsamBlipConfig:
@@ -64,7 +73,10 @@ def tiny_sam_config_kwargs() -> dict[str, Any]:
 
 
 def tiny_processor() -> EsamBlipProcessor:
-    """The processor of the `tiny` preset: 64² EfficientSAM input, 32² BLIP input, the synthetic vocabulary."""
+    """
+    The processor of the `tiny` preset: 64² EfficientSAM input, 32² BLIP input, 32² mask prompts, the synthetic
+    vocabulary.
+    """
     return build_preset_processor("tiny")
 
 
@@ -78,7 +90,10 @@ def tiny_config(processor: EsamBlipProcessor, **overrides: Any) -> EsamBlipConfi
 
 
 def shapes_processor() -> EsamBlipProcessor:
-    """The processor of the `shapes` preset: 128² EfficientSAM and BLIP inputs, the synthetic vocabulary."""
+    """
+    The processor of the `shapes` preset: 128² EfficientSAM and BLIP inputs, 64² mask prompts, the synthetic
+    vocabulary.
+    """
     return build_preset_processor("shapes")
 
 

@@ -1,12 +1,13 @@
 """The `esam-blip` command: segment, score matches, and every other command of the package under one name.
 
     esam-blip segment IMAGE --text "a dog" [--text ...] --model DIR_OR_NAME --output out.png [--json out.json]
-    esam-blip segment IMAGE --points 120,80 300,200,0 [--box 10,20,200,220] --model ... --output out.png
+    esam-blip segment IMAGE --points 120,80 300,200,0 [--box 10,20,200,220] [--mask m.png] --model ... --output o.png
     esam-blip everything IMAGE --model ... --output out.png [--json ...] [--points-per-batch 64] [--pred-iou-thresh 0.88]
     esam-blip itm IMAGE --text "a dog" [--text ...] --model ... [--json out.json]
     esam-blip train --config tiny --dataset synthetic --output_dir out     # python -m transformers_esam_blip.training
     esam-blip evaluate [--model esam-blip-shapes] [--json scores.json]     # python -m transformers_esam_blip.evaluation
-    esam-blip demo [--num_scenes 3]                                        # python -m transformers_esam_blip.demo
+    esam-blip demo [--num_scenes 3] [--web [--port 7860]]                  # python -m transformers_esam_blip.demo
+    esam-blip annotate IMAGES_OR_DATASET --text "the red circle" --output_dir out   # python -m ....annotate
     esam-blip convert --efficientsam vits.pt --output_dir esam-s           # conversion/convert_esam_blip.py
     esam-blip export MODEL --output DIR [--overwrite] [--opset N]          # ONNX (pip install ".[onnx]")
 
@@ -21,11 +22,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import PIL.Image
 import torch
 from transformers import pipeline
 from transformers.image_utils import load_image
 
+from . import annotate as annotate_command  # the module (its `annotate` is the function)
 from . import demo, evaluation
 from .best_mask import best_mask_indices
 from .commands import (
@@ -44,7 +47,7 @@ from .conversion import checkpoint as conversion
 from .export import MAX_OPSET, MIN_OPSET, export_onnx
 from .mask_generator import EsamBlipMaskGenerator
 from .modeling_esam_blip import EsamBlipForImageTextMatching, EsamBlipForPromptableSegmentation
-from .pipelines import TASK
+from .pipelines import PROMPTABLE_TASK
 from .processing_esam_blip import EsamBlipProcessor
 from .text_prompt_strategies import text_prompt_mode_choices
 from .training import arguments as training_arguments
@@ -53,6 +56,8 @@ from .visualization import draw_masks, draw_panels, draw_text_result, save_png
 
 # Point labels a user may give on the command line (box corners come from --box).
 _USER_POINT_LABELS = (0, 1)
+# PIL modes of a single-channel mask picture: 8-bit gray (0 and 255, or 0 and 1) and 1-bit.
+_MASK_MODES = ("L", "1")
 
 
 def _numbers(text: str, what: str, counts: tuple[int, ...]) -> list[float]:
@@ -140,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--points", nargs="+", type=parse_point, metavar="X,Y[,LABEL]", help="point prompts in image pixels"
     )
     segment.add_argument("--box", type=parse_box, metavar="X1,Y1,X2,Y2", help="box prompt in image pixels")
+    segment.add_argument(
+        "--mask",
+        type=Path,
+        metavar="PNG",
+        help="mask prompt: a single-channel PNG of the image's size, white (255) inside and black (0) outside; it "
+        "joins the points/box query, or each --text (needs a model with a mask encoder)",
+    )
     segment.add_argument("--output", type=Path, required=True, help="PNG picture of the result")
     segment.set_defaults(run=_run_inference)
 
@@ -165,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     itm.add_argument("--text", action="append", required=True, help="a text to score (repeat for several)")
     itm.set_defaults(run=_run_inference)
 
+    _add_command(
+        commands,
+        "annotate",
+        "masks for a whole image collection, over processes (python -m transformers_esam_blip.annotate)",
+        annotate_command.SUMMARY,
+        annotate_command.add_arguments,
+        annotate_command.run,
+        annotate_command.EXAMPLES,
+    )
     _add_command(
         commands,
         "train",
@@ -224,6 +245,40 @@ def _load_image(path: Path) -> PIL.Image.Image:
         raise CliError(f"{path} is not a readable image ({error})") from error
 
 
+def load_mask(path: Path, image: PIL.Image.Image) -> np.ndarray:
+    """
+    `--mask PNG` as a binary `[H, W]` array of the image's size: a single-channel picture (mode L or 1) holding only
+    0 and 255 (or 0 and 1). Raises a [`CliError`] starting with `--mask:` otherwise.
+    """
+    if not path.is_file():
+        raise CliError(f"--mask: {path} {'is not a file' if path.exists() else 'does not exist'}")
+    try:
+        with PIL.Image.open(path) as picture:
+            picture.load()
+    except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
+        raise CliError(f"--mask: {path} is not a readable image ({error})") from error
+    if picture.mode not in _MASK_MODES:
+        channels = "+".join(picture.getbands())
+        raise CliError(
+            f"--mask: {path} has mode {picture.mode} ({channels}); a mask must be single-channel, mode L (0 and 255) "
+            "or 1: save it as 8-bit grayscale"
+        )
+    if picture.size != image.size:
+        raise CliError(
+            f"--mask: {path} is {picture.width}x{picture.height} pixels but the image is {image.width}x{image.height}; "
+            "draw the mask at the image's size"
+        )
+    values = np.asarray(picture)
+    found = np.unique(values)
+    if not (set(found.tolist()) <= {0, 255} or set(found.tolist()) <= {0, 1}):
+        shown = ", ".join(str(value) for value in found[:6]) + (", ..." if len(found) > 6 else "")
+        raise CliError(
+            f"--mask: {path} is not binary: it holds the values {{{shown}}}; a mask holds only 0 (outside) and 255 "
+            "(inside), or 0 and 1"
+        )
+    return values
+
+
 def _require_part(config: EsamBlipConfig, model: str, blip: bool, what: str) -> None:
     if blip and not config.has_blip:
         raise CliError(f"{what} needs the BLIP half, but --model {model} is segmentation-only (convert it with --blip)")
@@ -267,11 +322,19 @@ def _image_size(image: PIL.Image.Image) -> dict[str, int]:
     return {"width": image.width, "height": image.height}
 
 
-def segment_text(args: argparse.Namespace, image: PIL.Image.Image) -> dict[str, Any]:
-    """Text mode: the text pipeline; one picture row (mask | heatmap, with points and scores) per text."""
+def segment_text(args: argparse.Namespace, image: PIL.Image.Image, mask: np.ndarray | None) -> dict[str, Any]:
+    """
+    Text mode: the promptable pipeline with the texts (and the `--mask` for each); one picture row (mask | heatmap,
+    with points and scores) per text.
+    """
     _progress(f"Loading {args.model} ...")
-    segmenter = pipeline(TASK, model=args.model, device=_device(args.device))
-    results = segmenter(image, args.text, text_prompt_mode=args.text_prompt_mode)
+    segmenter = pipeline(PROMPTABLE_TASK, model=args.model, device=_device(args.device))
+    results = segmenter(
+        image,
+        text=args.text,
+        input_masks=None if mask is None else [mask],
+        text_prompt_mode=args.text_prompt_mode,
+    )
     rows, summary = [], []
     for result in results:
         verdict = "match" if result["is_match"] else "probably absent"
@@ -279,11 +342,17 @@ def segment_text(args: argparse.Namespace, image: PIL.Image.Image) -> dict[str, 
             verdict = f"unknown: {', '.join(result['unknown_words'])}"
         title = f"{result['text']!r}: ITM {result['match_probability']:.2f} ({verdict}), predicted IoU {result['score']:.2f}"
         if result["heatmap"] is None:  # learned text prompts: no heatmap, no points
-            rows.append(draw_panels([draw_masks(image, result["mask"])], [title]))
+            rows.append(draw_panels([draw_masks(image, result["mask"], absent=not result["is_match"])], [title]))
         else:
             rows.append(
                 draw_text_result(
-                    image, result["mask"], result["heatmap"], result["points"], result["point_labels"], title=title
+                    image,
+                    result["mask"],
+                    result["heatmap"],
+                    result["points"],
+                    result["point_labels"],
+                    title=title,
+                    absent=not result["is_match"],
                 )
             )
         area = int(result["mask"].sum())
@@ -301,11 +370,19 @@ def segment_text(args: argparse.Namespace, image: PIL.Image.Image) -> dict[str, 
             }
         )
     _save_picture(args.output, _stack_rows(rows))
-    return {"mode": "text", "image_size": _image_size(image), "results": summary}
+    return {
+        "mode": "text",
+        "image_size": _image_size(image),
+        "mask_prompt": None if args.mask is None else str(args.mask),
+        "results": summary,
+    }
 
 
-def segment_prompts(args: argparse.Namespace, image: PIL.Image.Image) -> dict[str, Any]:
-    """Point/box mode: one query from all points and the box; the best of the 3 candidates by predicted IoU."""
+def segment_prompts(args: argparse.Namespace, image: PIL.Image.Image, mask: np.ndarray | None) -> dict[str, Any]:
+    """
+    Point/box mode: one query from all points, the box and the `--mask`; the best of the 3 candidates by predicted
+    IoU.
+    """
     device = _device(args.device)
     _progress(f"Loading {args.model} ...")
     model = EsamBlipForPromptableSegmentation.from_pretrained(args.model).to(device).eval()
@@ -317,6 +394,7 @@ def segment_prompts(args: argparse.Namespace, image: PIL.Image.Image) -> dict[st
         input_points=None if points is None else [[points]],
         input_labels=None if labels is None else [[labels]],
         input_boxes=None if args.box is None else [[args.box]],
+        input_masks=None if mask is None else [[mask]],
         return_tensors="pt",
     )
     with torch.inference_mode():
@@ -334,6 +412,7 @@ def segment_prompts(args: argparse.Namespace, image: PIL.Image.Image) -> dict[st
         "points": points,
         "point_labels": labels,
         "box": args.box,
+        "mask_prompt": None if args.mask is None else str(args.mask),
         "best_candidate": best,
         "score": scores[best].item(),
         "scores": scores.tolist(),
@@ -345,15 +424,24 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
     if args.text and (args.points or args.box):
         raise CliError("give either --text or --points/--box, not both")
     if not args.text and not args.points and args.box is None:
-        raise CliError("give what to segment: --text, --points and/or --box")
+        raise CliError("give what to segment: --text, --points and/or --box (a --mask joins one of them)")
     _check_png(args.output)
     image = _load_image(args.image)
     config = load_checkpoint_config(args.model)
     _require_part(config, args.model, blip=False, what="segment")
     if args.text:
         _require_part(config, args.model, blip=True, what="segment --text")
-        return segment_text(args, image)
-    return segment_prompts(args, image)
+    mask = None
+    if args.mask is not None:
+        if not config.prompt_encoder_config.mask_prompts:
+            raise CliError(
+                f"--mask: --model {args.model} has no mask encoder (prompt_encoder_config.mask_prompts is False), so "
+                "it cannot take mask prompts; use a model trained with them"
+            )
+        mask = load_mask(args.mask, image)
+    if args.text:
+        return segment_text(args, image, mask)
+    return segment_prompts(args, image, mask)
 
 
 def run_everything(args: argparse.Namespace) -> dict[str, Any]:
@@ -492,6 +580,7 @@ __all__ = [
     "CommandParser",
     "build_parser",
     "load_checkpoint_config",
+    "load_mask",
     "looks_like_hub_id",
     "main",
     "parse_box",

@@ -23,6 +23,7 @@ from transformers.image_utils import (
 from transformers.processing_utils import Unpack
 from transformers.utils import TensorType, logging
 
+from .best_mask import select_best_masks
 from .builtin import BuiltinNamesMixin
 from .mask_generation_utils import (
     RLE,
@@ -35,7 +36,14 @@ from .mask_generation_utils import (
     no_mask_hint,
     upsample_mask_logits,
 )
-from .prompts import PADDING_COORDINATE, VALID_LABELS, PromptLabel, check_finite, rescale_coordinates
+from .prompts import (
+    MASK_PROMPT_LOGIT,
+    PADDING_COORDINATE,
+    VALID_LABELS,
+    PromptLabel,
+    check_finite,
+    rescale_coordinates,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -96,6 +104,9 @@ _UNSUPPORTED_PIL_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 _POINTS_LAYOUT = "images -> queries -> points -> (x, y), i.e. [B, Q, P, 2]"
 _LABELS_LAYOUT = "images -> queries -> point labels, i.e. [B, Q, P]"
 _BOXES_LAYOUT = "images -> queries -> [x1, y1, x2, y2], i.e. [B, Q, 4]"
+_MASKS_LAYOUT = "images -> queries -> one 2-D mask per query, i.e. [B, Q, H, W]"
+# Single-channel PIL modes a drawn mask comes in: 8-bit gray (0/255) and 1-bit.
+_MASK_PIL_MODES = ("L", "1")
 
 
 class _PixelSettings(TypedDict, total=False):
@@ -127,6 +138,7 @@ class EsamBlipImageProcessorKwargs(_PixelSettings, total=False):
     blip_image_size: int | None
     max_num_points: int
     max_image_pixels: int | None
+    mask_input_size: int
 
 
 _FLAGS = ("do_resize", "do_rescale", "do_normalize")
@@ -189,6 +201,70 @@ def _per_image(value: Any, name: str, num_images: int, ndim: int, layout: str) -
             f"image ({layout})."
         )
     return value
+
+
+def _mask_tensor(mask: Any, name: str) -> torch.Tensor:
+    """One mask prompt as a 2-D CPU tensor (bool, int64/uint8 or float32): TypeError/ValueError naming it otherwise."""
+    if isinstance(mask, PIL.Image.Image):
+        if mask.mode not in _MASK_PIL_MODES:
+            raise ValueError(
+                f"`{name}` is a PIL image of mode {mask.mode!r}; a mask must be single-channel, mode 'L' (0 and 255) "
+                "or '1'. Convert it, e.g. `mask.convert('L')`."
+            )
+        return torch.from_numpy(np.array(mask))
+    if isinstance(mask, np.ndarray):
+        if mask.dtype.kind not in "buif":
+            raise TypeError(f"`{name}` has dtype {mask.dtype}; a mask holds booleans, integers or float logits.")
+        if mask.dtype.kind in "ui" and mask.dtype != np.uint8:
+            mask = mask.astype(np.int64)
+        # A copy: the array may be read-only (`np.asarray` of a PIL image), which torch warns about.
+        tensor = torch.from_numpy(np.array(mask))
+    elif isinstance(mask, torch.Tensor):
+        tensor = mask.detach().cpu()
+        if tensor.is_complex():
+            raise TypeError(f"`{name}` has dtype {tensor.dtype}; a mask holds booleans, integers or float logits.")
+    else:
+        raise TypeError(
+            f"`{name}` must be a 2-D numpy array, torch tensor or PIL image (mode 'L' or '1'), got "
+            f"{type(mask).__name__}. Expected nesting: {_MASKS_LAYOUT}."
+        )
+    if tensor.ndim == 3 and min(tensor.shape[0], tensor.shape[-1]) in (3, 4):
+        raise ValueError(
+            f"`{name}` has shape {tuple(tensor.shape)}, a multi-channel (RGB/RGBA) image; a mask is single-channel "
+            "2-D (H, W)."
+        )
+    if tensor.ndim != 2:
+        raise ValueError(
+            f"`{name}` must be 2-D (H, W), got shape {tuple(tensor.shape)}. Expected nesting: {_MASKS_LAYOUT}."
+        )
+    if tensor.is_floating_point():
+        tensor = tensor.float()
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"`{name}` holds NaN or infinite values; mask logits must be finite.")
+    elif tensor.dtype not in (torch.bool, torch.uint8):
+        tensor = tensor.long()
+    return tensor
+
+
+def _binary_mask(mask: torch.Tensor, name: str) -> torch.Tensor | None:
+    """
+    `mask` as a bool tensor when it is binary (booleans; integers all 0/1 or all 0/255; floats all 0/1), `None` for
+    float logits; integers of other values raise a `ValueError` naming `name`.
+    """
+    if mask.dtype == torch.bool:
+        return mask
+    values = torch.unique(mask)
+    if bool(torch.isin(values, values.new_tensor([0, 1])).all()):
+        return mask == 1
+    if mask.is_floating_point():
+        return None
+    if bool(torch.isin(values, values.new_tensor([0, 255])).all()):
+        return mask == 255
+    shown = ", ".join(str(value) for value in values[:6].tolist()) + (", ..." if len(values) > 6 else "")
+    raise ValueError(
+        f"`{name}` is an integer mask with values {{{shown}}}; an integer mask must be binary, only 0 and 1 or only 0 "
+        "and 255 (pass float logits for a soft mask)."
+    )
 
 
 def _channel_stats(values: Any, name: str, positive: bool = False) -> tuple[float, float, float]:
@@ -267,6 +343,9 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
             queries are truncated with a warning.
         max_image_pixels (`int` or `None`, defaults to 178956970): largest accepted `height * width` (PIL's
             decompression-bomb bound); `None` disables the check.
+        mask_input_size (`int`, defaults to 256): side `m` of the square mask prompts (`input_masks`) the model's
+            mask encoder reads, `config.prompt_encoder_config.mask_input_size` (4x the image embedding grid: 256 for
+            the original 1024 frame, 64 for `esam-blip-shapes`).
         do_resize (`bool`, defaults to `True`): resize to the square inputs; with `False`, images must already have
             the input size (`sam_image_size` and/or `blip_image_size`).
         do_rescale (`bool`, defaults to `True`): multiply 8-bit pixels by `rescale_factor`; float images are taken as
@@ -283,6 +362,7 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         "input_points",
         "input_labels",
         "input_boxes",
+        "input_masks",
     ]
     valid_kwargs = EsamBlipImageProcessorKwargs
 
@@ -296,6 +376,7 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         blip_image_std: Sequence[float] = OPENAI_CLIP_STD,
         max_num_points: int = 6,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        mask_input_size: int = 256,
         do_resize: bool = True,
         do_rescale: bool = True,
         rescale_factor: float = 1 / 255,
@@ -314,10 +395,13 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
             raise ValueError(f"`max_num_points` must be a positive int, got {max_num_points!r}.")
         if max_image_pixels is not None and (not isinstance(max_image_pixels, int) or max_image_pixels < 1):
             raise ValueError(f"`max_image_pixels` must be a positive int or None, got {max_image_pixels!r}.")
+        if not isinstance(mask_input_size, int) or isinstance(mask_input_size, bool) or mask_input_size < 1:
+            raise ValueError(f"`mask_input_size` must be a positive int, got {mask_input_size!r}.")
         self.sam_image_size = sam_image_size
         self.blip_image_size = blip_image_size
         self.max_num_points = max_num_points
         self.max_image_pixels = max_image_pixels
+        self.mask_input_size = mask_input_size
         settings = _check_pixel_settings(
             {
                 "do_resize": do_resize,
@@ -507,6 +591,7 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         input_boxes: Any = None,
         return_tensors: str | TensorType | None = "pt",
         input_data_format: str | ChannelDimension | None = None,
+        input_masks: Any = None,
         **kwargs: Unpack[_PixelSettings],
     ) -> BatchFeature:
         """
@@ -515,6 +600,7 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         Args:
             images: one image or a list of them (see the class docstring for the accepted forms).
             input_points, input_labels, input_boxes: prompts in original-image pixels, see [`preprocess_prompts`].
+            input_masks: mask prompts, one 2-D mask per query, see [`preprocess_prompts`].
             return_tensors (`str` or [`~utils.TensorType`], defaults to `"pt"`): `"pt"` or `"np"` (`None` keeps torch).
             input_data_format (`str` or [`~image_utils.ChannelDimension`], *optional*): channel axis of 3-D arrays,
                 `"channels_first"` or `"channels_last"`; inferred when omitted.
@@ -548,7 +634,7 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
             data["reshaped_input_sizes"] = torch.tensor([list(self.size.values())] * len(rgb), dtype=torch.int64)
         if self.blip_image_size is not None:
             data["blip_pixel_values"] = torch.stack([self._blip_pixels(image, settings) for image in rgb])
-        data.update(self.preprocess_prompts(original_sizes, input_points, input_labels, input_boxes))
+        data.update(self.preprocess_prompts(original_sizes, input_points, input_labels, input_boxes, input_masks))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     # ----------------------------------------------------------------- prompts
@@ -559,10 +645,12 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         input_points: Any = None,
         input_labels: Any = None,
         input_boxes: Any = None,
+        input_masks: Any = None,
     ) -> dict[str, torch.Tensor]:
         """
-        Validate point and box prompts, rescale them per axis to the S x S SAM frame (`x * S / W`, `y * S / H`, each
-        image with its own size), truncate and pad them. Useful on its own to prompt precomputed image embeddings.
+        Validate point, box and mask prompts, rescale them per axis to the S x S SAM frame (`x * S / W`, `y * S / H`,
+        each image with its own size; masks to the `m x m` mask input), truncate and pad them. Useful on its own to
+        prompt precomputed image embeddings.
 
         Args:
             original_sizes: `[B, 2]` `(height, width)` of each image.
@@ -574,6 +662,17 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
             input_boxes: per image, per query `[x1, y1, x2, y2]` in original-image pixels (nested lists or
                 `[B, Q, 4]`), inside the image with `x1 <= x2` and `y1 <= y2`. With `input_points`, each image must
                 have as many box queries as point queries: box `q` and the points of query `q` prompt the same object.
+            input_masks: per image, per query one 2-D mask (SAM's dense mask prompt): nested lists, per image a
+                `[Q, H, W]` array, or an array/tensor `[B, Q, H, W]`. A mask is a numpy array, a torch tensor or a
+                PIL image of mode "L" or "1", either
+                - binary: booleans, integers that are all 0/1 or all 0/255 (mode "L"), or floats that are all 0/1:
+                  +`MASK_PROMPT_LOGIT` inside, -`MASK_PROMPT_LOGIT` outside; or
+                - logits: any other floats (e.g. a previous call's low-resolution `pred_masks` of the chosen
+                  candidate, for iterative refinement), kept as they are.
+                Its size is the mask input size `(m, m)` (kept) or the image's `(H, W)`, resized to `m x m` as the
+                image is resized to the SAM frame (no aspect ratio kept): bilinearly for logits, by area and then
+                re-binarised at one half for binary masks. With points or boxes, each image must have one mask per
+                point/box query; without them, every mask is a query (one per text for text prompts).
 
         A query keeps at most `max_num_points` points, or `max_num_points - 2` with a box (the model appends the box
         as two corner points); longer queries are truncated with a warning. Ragged prompts are padded to the batch's
@@ -582,13 +681,14 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
 
         Returns:
             `dict` with, when given, `input_points` `[B, Q, P, 2]` float32, `input_labels` `[B, Q, P]` int64 and
-            `input_boxes` `[B, Q, 4]` float32, all in the SAM frame.
+            `input_boxes` `[B, Q, 4]` float32, all in the SAM frame, and `input_masks` `[B, Q, m, m]` float32 logits
+            (padded queries get an empty mask).
         """
-        if input_points is None and input_labels is None and input_boxes is None:
+        if input_points is None and input_labels is None and input_boxes is None and input_masks is None:
             return {}
         if input_labels is not None and input_points is None:
             raise ValueError("`input_labels` were given without `input_points`.")
-        target_size = self._require_sam("Point and box prompts")
+        target_size = self._require_sam("Point, box and mask prompts")
         sizes = _check_original_sizes(original_sizes)
         outputs: dict[str, torch.Tensor] = {}
         query_counts = None
@@ -610,6 +710,9 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
                     "both given, box q and the points of query q prompt the same object, so the counts must match."
                 )
             query_counts = point_counts
+        if input_masks is not None:
+            masks = self._parse_masks(input_masks, sizes, query_counts)
+            query_counts = [len(image_masks) for image_masks in masks]
         num_queries = max(query_counts)
         if num_queries == 0:
             raise ValueError("The prompts hold no query for any image.")
@@ -624,6 +727,14 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
                     corners = torch.tensor(image_boxes, dtype=torch.float32).view(-1, 2, 2)
                     padded[b, : len(image_boxes)] = rescale_coordinates(corners, size, target_size).view(-1, 4)
             outputs["input_boxes"] = padded
+        if input_masks is not None:
+            padded = torch.full(
+                (len(sizes), num_queries, self.mask_input_size, self.mask_input_size), -MASK_PROMPT_LOGIT
+            )
+            for b, image_masks in enumerate(masks):
+                if image_masks:
+                    padded[b, : len(image_masks)] = torch.stack(image_masks)
+            outputs["input_masks"] = padded
         return outputs
 
     def _parse_points(
@@ -733,6 +844,65 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
                     )
         return boxes
 
+    def _parse_masks(
+        self, input_masks: Any, sizes: list[tuple[int, int]], query_counts: list[int] | None
+    ) -> list[list[torch.Tensor]]:
+        """Per image, one `[m, m]` float32 logit map per query (see [`preprocess_prompts`] for the rules)."""
+        size = self.mask_input_size
+        per_image = _per_image(input_masks, "input_masks", len(sizes), 4, _MASKS_LAYOUT)
+        masks = []
+        for b, (image_masks, (height, width)) in enumerate(zip(per_image, sizes, strict=True)):
+            if isinstance(image_masks, (np.ndarray, torch.Tensor)):
+                if image_masks.ndim != 3:
+                    raise ValueError(
+                        f"`input_masks[{b}]` must be a list of 2-D masks or a [Q, H, W] array (one mask per query), "
+                        f"got shape {tuple(image_masks.shape)}. Expected nesting: {_MASKS_LAYOUT}."
+                    )
+                if image_masks.shape[-1] in (3, 4) and tuple(image_masks.shape[:2]) in ((height, width), (size, size)):
+                    raise ValueError(
+                        f"`input_masks[{b}]` has shape {tuple(image_masks.shape)}, a multi-channel (RGB/RGBA) image; "
+                        f"give one single-channel 2-D mask per query. Expected nesting: {_MASKS_LAYOUT}."
+                    )
+            elif not isinstance(image_masks, (list, tuple)):
+                raise TypeError(
+                    f"`input_masks[{b}]` must be a list of masks (one per query) or a [Q, H, W] array, got "
+                    f"{type(image_masks).__name__}. Expected nesting: {_MASKS_LAYOUT}."
+                )
+            if len(image_masks) == 0:
+                raise ValueError(f"`input_masks[{b}]` holds no mask; give one mask per query.")
+            if query_counts is not None and len(image_masks) != query_counts[b]:
+                raise ValueError(
+                    f"`input_masks[{b}]` holds {len(image_masks)} masks but image {b} has {query_counts[b]} point/box "
+                    "queries; give one mask per query."
+                )
+            masks.append(
+                [
+                    self._mask_logits(mask, f"input_masks[{b}][{q}]", (height, width))
+                    for q, mask in enumerate(image_masks)
+                ]
+            )
+        return masks
+
+    def _mask_logits(self, mask: Any, name: str, image_size: tuple[int, int]) -> torch.Tensor:
+        """One mask prompt → `[m, m]` float32 logits: binary masks to +/-`MASK_PROMPT_LOGIT`, resized as the image."""
+        size = self.mask_input_size
+        tensor = _mask_tensor(mask, name)
+        if tuple(tensor.shape) not in ((size, size), image_size):
+            raise ValueError(
+                f"`{name}` has size {tuple(tensor.shape)}; a mask prompt must have the model's mask input size "
+                f"{(size, size)} (`mask_input_size`) or its image's size {image_size} (height, width)."
+            )
+        binary = _binary_mask(tensor, name)
+        if binary is None:  # logits
+            if tensor.shape == (size, size):
+                return tensor
+            return F.interpolate(tensor[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+        if binary.shape != (size, size):
+            # The fraction of each low-resolution cell inside the mask, then the majority.
+            inside = F.interpolate(binary[None, None].float(), size=(size, size), mode="area")[0, 0]
+            binary = inside >= 0.5
+        return torch.where(binary, MASK_PROMPT_LOGIT, -MASK_PROMPT_LOGIT).float()
+
     # ------------------------------------------------------------------- masks
 
     def post_process_masks(
@@ -742,11 +912,14 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
         reshaped_input_sizes: SizeLike | None = None,
         mask_threshold: float = 0.0,
         binarize: bool = True,
+        iou_scores: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray] | None = None,
+        best: bool = False,
         **kwargs,
     ) -> list[torch.Tensor]:
         """
         Upsample low-resolution mask logits straight to each original image size with one bicubic interpolation (as
-        EfficientSAM does; no intermediate S x S step, no padding to remove), then threshold.
+        EfficientSAM does; no intermediate S x S step, no padding to remove), then threshold. With `best=True`, only
+        the candidate with the highest predicted IoU of each query is kept (and upsampled).
 
         Args:
             masks: `[B, Q, M, h, w]` logits, or a list of `B` arrays `[..., h, w]` (e.g. `[Q, M, h, w]`).
@@ -755,15 +928,30 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
             reshaped_input_sizes: accepted for API compatibility with SAM and unused (the SAM frame has no padding).
             mask_threshold (`float`, defaults to 0.0): logits above it are foreground.
             binarize (`bool`, defaults to `True`): return boolean masks; otherwise float32 logits.
+            iou_scores: the model's `iou_scores` `[B, Q, M]` (or a list of `B` arrays `[..., M]` matching `masks`);
+                needed with `best=True`, read only then.
+            best (`bool`, defaults to `False`): keep each query's best candidate by predicted IoU (the model's masks
+                are not sorted), as [`~best_mask.select_best_masks`] picks it.
 
         Returns:
-            `list[torch.Tensor]`: per image, `[..., H, W]` (e.g. `[Q, M, H, W]`), bool or float32.
+            `list[torch.Tensor]`: per image, `[..., H, W]` (e.g. `[Q, M, H, W]`, or `[Q, H, W]` with `best=True`),
+            bool or float32.
         """
         if kwargs:
             raise ValueError(f"`post_process_masks` does not support {sorted(kwargs)} for EfficientSAM masks.")
         check_finite("mask_threshold", mask_threshold)
         if not isinstance(binarize, bool):
             raise TypeError(f"`binarize` must be a bool, got {type(binarize).__name__} {binarize!r}.")
+        if not isinstance(best, bool):
+            raise TypeError(f"`best` must be a bool, got {type(best).__name__} {best!r}.")
+        if best and iou_scores is None:
+            raise ValueError(
+                "`best=True` picks each query's candidate by predicted IoU: pass the model's `iou_scores`."
+            )
+        if iou_scores is not None and not best:
+            raise ValueError(
+                "`iou_scores` is read only with `best=True` (keep each query's best candidate); pass both."
+            )
         if not isinstance(masks, (torch.Tensor, np.ndarray, list, tuple)):
             raise TypeError(
                 f"`masks` must be a torch tensor, a numpy array or a list of them, got {type(masks).__name__}."
@@ -774,14 +962,33 @@ class EsamBlipImageProcessor(BuiltinNamesMixin, BaseImageProcessor):
                     f"`masks[{i}]` must be a torch tensor or a numpy array of logits, got {type(image_masks).__name__}."
                 )
         original_sizes = _sizes_per_entry(original_sizes, len(masks), "masks")
+        if best:
+            if not isinstance(iou_scores, (torch.Tensor, np.ndarray, list, tuple)):
+                raise TypeError(
+                    f"`iou_scores` must be a torch tensor, a numpy array or a list of them, got "
+                    f"{type(iou_scores).__name__}."
+                )
+            if len(iou_scores) != len(masks):
+                raise ValueError(
+                    f"`iou_scores` holds scores for {len(iou_scores)} images but `masks` for {len(masks)}; pass the "
+                    "model's `iou_scores` with its `pred_masks`."
+                )
         defer = not binarize and _called_by_mask_generation_pipeline(sys._getframe(1))
         outputs = []
-        for image_masks, size in zip(masks, original_sizes, strict=True):
+        for i, (image_masks, size) in enumerate(zip(masks, original_sizes, strict=True)):
             image_masks = torch.as_tensor(image_masks)
             if image_masks.ndim < 2:
                 raise ValueError(
                     f"Each image's masks must be at least 2-D (..., h, w), got shape {tuple(image_masks.shape)}."
                 )
+            if best:
+                scores = torch.as_tensor(iou_scores[i])
+                if image_masks.ndim < 3 or tuple(scores.shape) != tuple(image_masks.shape[:-2]):
+                    raise ValueError(
+                        f"`iou_scores[{i}]` must have shape {tuple(image_masks.shape[:-2])} (one score per candidate "
+                        f"mask of `masks[{i}]` {tuple(image_masks.shape)}), got {tuple(scores.shape)}."
+                    )
+                image_masks = select_best_masks(image_masks, scores.to(image_masks.device))[0]
             if defer:
                 outputs.append(DeferredMaskLogits(image_masks, size))
                 continue

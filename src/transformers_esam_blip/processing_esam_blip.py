@@ -232,6 +232,7 @@ class EsamBlipProcessor(BuiltinNamesMixin, ProcessorMixin):
         input_labels: Any = None,
         input_boxes: Any = None,
         return_tensors: str | TensorType | None = "pt",
+        input_masks: Any = None,
         **kwargs: Unpack[EsamBlipProcessorKwargs],
     ) -> BatchFeature:
         """
@@ -243,6 +244,10 @@ class EsamBlipProcessor(BuiltinNamesMixin, ProcessorMixin):
                 with image `i`); with one image, every text goes with it (the model broadcasts the image).
             input_points, input_labels, input_boxes: prompts in original-image pixels, see
                 [`EsamBlipImageProcessor.preprocess_prompts`].
+            input_masks: mask prompts, one 2-D mask per query (binary, or float logits) at the image's size or the
+                model's mask input size, see [`EsamBlipImageProcessor.preprocess_prompts`]. With text alone, each
+                image has one mask (its text's query); the model takes one row per text, so several texts of one
+                image need the row repeated (`input_masks.expand(num_texts, -1, -1, -1)`).
             return_tensors (`str` or [`~utils.TensorType`], defaults to `"pt"`): `"pt"` or `"np"`.
             kwargs: [`EsamBlipProcessorKwargs`]: tokenizer arguments (e.g. `padding`, `max_length`), which override
                 the LAVIS defaults ([`text_kwargs`]) and need `text`, and image processor arguments (e.g.
@@ -252,14 +257,14 @@ class EsamBlipProcessor(BuiltinNamesMixin, ProcessorMixin):
         Returns:
             [`BatchFeature`] with the image processor's outputs (`pixel_values` `[B, 3, S, S]`, `blip_pixel_values`
             `[B, 3, s, s]`, `original_sizes`, `reshaped_input_sizes`, `input_points` `[B, Q, P, 2]`, `input_labels`
-            `[B, Q, P]`, `input_boxes` `[B, Q, 4]`, as configured and given) and, for text, `input_ids` and
-            `attention_mask` `[T, L]` int64 with `L <= max_txt_len`.
+            `[B, Q, P]`, `input_boxes` `[B, Q, 4]`, `input_masks` `[B, Q, m, m]`, as configured and given) and, for
+            text, `input_ids` and `attention_mask` `[T, L]` int64 with `L <= max_txt_len`.
         """
-        has_prompts = input_points is not None or input_labels is not None or input_boxes is not None
-        if images is None and has_prompts:
+        prompts = (input_points, input_labels, input_boxes, input_masks)
+        if images is None and any(prompt is not None for prompt in prompts):
             raise ValueError(
-                "Point and box prompts need `images` (their sizes set the rescaling); to prompt precomputed image "
-                "embeddings, use `image_processor.preprocess_prompts(original_sizes, ...)`."
+                "Point, box and mask prompts need `images` (their sizes set the rescaling); to prompt precomputed "
+                "image embeddings, use `image_processor.preprocess_prompts(original_sizes, ...)`."
             )
         if images is None and text is None:
             raise ValueError("Give `images`, `text`, or both.")
@@ -274,6 +279,7 @@ class EsamBlipProcessor(BuiltinNamesMixin, ProcessorMixin):
                 input_points=input_points,
                 input_labels=input_labels,
                 input_boxes=input_boxes,
+                input_masks=input_masks,
                 return_tensors=return_tensors,
                 **images_kwargs,
             )

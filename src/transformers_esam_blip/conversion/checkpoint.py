@@ -412,6 +412,7 @@ def _convert_into(
         sam_image_size=config.sam_vision_config.image_size if config.has_segmentation else None,
         blip_image_size=config.vision_config.image_size if config.has_blip else None,
         max_num_points=config.prompt_encoder_config.max_num_points if config.has_segmentation else 6,
+        mask_input_size=config.prompt_encoder_config.mask_input_size if config.has_segmentation else 256,
     )
     processor = EsamBlipProcessor(
         image_processor=image_processor, tokenizer=blip_tokenizer, max_txt_len=config.max_txt_len

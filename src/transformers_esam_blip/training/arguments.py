@@ -19,6 +19,7 @@ from ..configuration_esam_blip import PROMPTER_SOURCES
 from ..fusion import fusion_type_choices
 from ..text_prompt_strategies import text_prompt_mode_choices
 from .freezing import FREEZE_PRESETS
+from .prompt_mix import PROMPT_KINDS
 from .trainer_builders import TASKS, training_arguments
 
 PROG = "python -m transformers_esam_blip.training"
@@ -147,6 +148,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "from the masks, and --refine_probability of the steps as refinement with the previous mask as mask prompt",
     )
     model.add_argument(
+        "--prompt_weights",
+        metavar="KIND=W,...",
+        help="with --prompt_mix: relative frequency of each batch kind (text, text_points, points, box); default "
+        "text=0.3,text_points=0.1,points=0.4,box=0.2",
+    )
+    model.add_argument(
         "--refine_probability",
         type=float,
         default=0.25,
@@ -224,6 +231,26 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_prompt_weights(text: str) -> dict[str, float]:
+    """`"text=0.2,points=0.5"` → `{"text": 0.2, "points": 0.5}`; a `CliError` naming `--prompt_weights` otherwise."""
+    weights = {}
+    for item in text.split(","):
+        kind, _, value = item.partition("=")
+        kind = kind.strip()
+        if kind not in PROMPT_KINDS:
+            raise CliError(f"--prompt_weights: unknown kind {kind!r} in {text!r}; kinds are {', '.join(PROMPT_KINDS)}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise CliError(f"--prompt_weights: {item!r} must be KIND=NUMBER") from None
+        if not weight >= 0 or weight == float("inf"):
+            raise CliError(f"--prompt_weights: the weight of {kind} must be a finite number >= 0, got {value}")
+        weights[kind] = weight
+    if sum(weights.values()) <= 0:
+        raise CliError(f"--prompt_weights: the weights must have a positive sum, got {text!r}")
+    return weights
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """What the parser cannot check: ranges and paths, each error naming its argument."""
     positive = (
@@ -242,6 +269,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise CliError(f"--max_steps must be >= 1 (or -1 to use --num_train_epochs), got {args.max_steps}")
     if not 0 <= args.refine_probability <= 1:  # also False for NaN
         raise CliError(f"--refine_probability must lie in [0, 1], got {args.refine_probability}")
+    if args.prompt_weights is not None:
+        if not args.prompt_mix:
+            raise CliError("--prompt_weights sets the --prompt_mix; add --prompt_mix")
+        args.prompt_weights = parse_prompt_weights(args.prompt_weights)
     if args.task == "itm" and (args.prompt_mix or args.mask_prompts):
         raise CliError("--prompt_mix and --mask_prompts train the segmentation half; they do not apply to --task itm")
     if args.scene_size < 16:

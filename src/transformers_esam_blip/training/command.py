@@ -24,7 +24,7 @@ from transformers.trainer_utils import TrainOutput
 from ..builtin_presets import build_preset_config, build_preset_processor
 from ..commands import CliError, load_checkpoint_config, looks_like_hub_id, run_command
 from ..data import load_referring_dataset, synthetic_referring_dataset
-from ..data.user_data import check_metadata_file
+from ..data.user_data import check_metadata_file, find_referring_source
 from ..model_card import TRAINING_RECORD_FILE, TrainingRecord, training_model_card
 from ..modeling_esam_blip import (
     EsamBlipForImageTextMatching,
@@ -91,7 +91,11 @@ def check_dataset_source(source: str, argument: str = "--dataset") -> None:
             raise CliError(f"{argument} {source} does not exist (give 'synthetic', a folder or a Hub dataset id)")
         return
     if not path.is_dir():
-        raise CliError(f"{argument} {source} is a file; give the folder that holds it and its metadata.jsonl")
+        try:  # a COCO instances file, a RefCOCO refs file, or one table file
+            find_referring_source(path)
+        except ValueError as error:
+            raise CliError(f"{argument} {source}: {error}") from error
+        return
     if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
         return  # written by `save_to_disk`
     try:
@@ -296,7 +300,8 @@ def run(args: argparse.Namespace) -> None:
         prompt_mix = None
         if args.prompt_mix:
             refine = args.refine_probability if model.config.prompt_encoder_config.mask_prompts else 0.0
-            prompt_mix = PromptMix(refine_probability=refine, seed=args.seed)
+            weights = {} if args.prompt_weights is None else {"weights": args.prompt_weights}
+            prompt_mix = PromptMix(refine_probability=refine, seed=args.seed, **weights)
         trainer = build_trainer(
             model, processor, train_dataset, eval_dataset, args=training_args, prompt_mix=prompt_mix
         )

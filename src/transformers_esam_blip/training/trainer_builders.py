@@ -15,8 +15,8 @@ from ..modeling_esam_blip import (
 from ..processing_esam_blip import EsamBlipProcessor
 from ..text_prompt_strategies import TEXT_PROMPT_STRATEGIES, resolve_text_prompt_mode
 from .collators import EsamBlipItmCollator, EsamBlipTrainingCollator
-from .prompt_mix import EsamBlipPromptMixCollator, EsamBlipRefinementTrainer, PromptMix
 from .metrics import itm_compute_metrics
+from .prompt_mix import EsamBlipPromptMixCollator, EsamBlipRefinementTrainer, PromptMix
 
 TASKS = ("segmentation", "itm")
 # Trainer otherwise also takes `input_labels` (a forward argument whose name holds "label") for a label.
