@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .visualization import draw_heatmap, draw_panels, save_png
+from .visualization import _to_rgb_array, draw_heatmap, draw_panels, save_png
 
 _PATCH_OUTLINE = (255, 215, 0)
 _DIMMED = 0.25  # brightness of the patches no caption saw
@@ -16,18 +16,7 @@ _BLANK = (235, 235, 235)
 
 
 def _rgb(image: Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
-        array = array.transpose(1, 2, 0)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[-1] not in (1, 3):
-        raise ValueError(f"`image` must be an RGB or gray image (HWC, CHW or HW), got shape {array.shape}.")
-    if array.dtype != np.uint8:
-        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
-    return Image.fromarray(np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array)
+    return Image.fromarray(_to_rgb_array(image))
 
 
 def patch_sample_counts(patch_indices: torch.Tensor | np.ndarray, patch_grid_size: int) -> np.ndarray:
