@@ -348,8 +348,11 @@ def test_shapes_config_is_the_builtin_architecture():
     from transformers_esam_blip import builtin_model_path
 
     shipped = EsamBlipConfig.from_pretrained(builtin_model_path())
-    # How its second stage left it (README): the default loss, a concat fusion and itm_fusion on top of the config.
+    # How its stages left it (docs/builtin_model_training.md): the default loss, a concat fusion and itm_fusion on top
+    # of the config (stage 2), and a mask encoder (stage 3, `--mask_prompts`).
     assert shipped.absent_mask_loss is False and shipped.fusion_type == "concat" and shipped.itm_fusion is True
+    assert shipped.prompt_encoder_config.mask_prompts is True
+    config.prompt_encoder_config.mask_prompts = True
     for name in ("sam_vision_config", "prompt_encoder_config", "mask_decoder_config", "vision_config", "text_config"):
         expected, got = getattr(config, name).to_dict(), getattr(shipped, name).to_dict()
         differing = {
