@@ -17,7 +17,6 @@ Protocol (one image encoding per scene and prompt type; the best of the 3 candid
   expressions; the ITM ROC-AUC over present against absent expressions, overall and per kind of absent expression.
 """
 
-from collections.abc import Sequence
 from typing import Any
 
 import datasets
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .best_mask import select_best_masks
 from .data import mask_to_bool
 from .mask_generator import EsamBlipMaskGenerator
 from .metrics import best_masks, roc_auc
@@ -207,10 +207,8 @@ def evaluate_prompt_types(
         scores["box"] += [_iou(mask, target) for mask, target in zip(box, objects)]
 
         if refine:
-            present_outputs = _select(text_outputs, present)
-            best = present_outputs.iou_scores.argmax(dim=-1)  # [T, 1]
-            pred = present_outputs.pred_masks
-            previous = pred.gather(2, best[..., None, None, None].expand(-1, -1, 1, *pred.shape[-2:]))[:, :, 0]
+            rows_index = torch.tensor(present, device=text_outputs.pred_masks.device)
+            previous, _ = select_best_masks(text_outputs.pred_masks[rows_index], text_outputs.iou_scores[rows_index])
             texts = [rows[i]["text"] for i in present]
             refine_inputs = processor(text=texts, return_tensors="pt").to(model.device)
             again = model(**runner.image_inputs, **refine_inputs, input_masks=previous, text_prompt_mode="learned")
@@ -251,12 +249,6 @@ def evaluate_prompt_types(
                 found.append(any(_iou(mask, target) >= 0.5 for mask in generated))
 
     return _summary(scores, found, np.array(probabilities), np.array(match_labels), absent_kinds)
-
-
-def _select(outputs: Any, rows: Sequence[int]) -> Any:
-    """The text rows `rows` of a text call's `pred_masks`/`iou_scores`."""
-    index = torch.tensor(list(rows), device=outputs.pred_masks.device)
-    return type(outputs)(pred_masks=outputs.pred_masks[index], iou_scores=outputs.iou_scores[index])
 
 
 def _text_masks(runner: _SceneRunner, outputs: Any) -> np.ndarray:

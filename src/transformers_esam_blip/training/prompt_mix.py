@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from transformers import Trainer
 
+from ..best_mask import select_best_masks
 from ..configuration_esam_blip import EsamBlipConfig
 from ..data import mask_to_bool
 from ..processing_esam_blip import EsamBlipProcessor
@@ -235,9 +236,7 @@ class EsamBlipRefinementTrainer(Trainer):
     @torch.no_grad()
     def _refinement_inputs(self, model, inputs: dict[str, Any]) -> dict[str, Any]:
         first = model(**{key: value for key, value in inputs.items() if key not in ("labels", "match_labels")})
-        best = first.iou_scores.argmax(dim=-1)
-        pred = first.pred_masks
-        logits = pred.gather(2, best[..., None, None, None].expand(-1, -1, 1, *pred.shape[-2:]))[:, :, 0]
+        logits, _ = select_best_masks(first.pred_masks, first.iou_scores)  # [B, Q, h, w]
         labels = inputs["labels"].to(logits.device)
         if labels.ndim == 3:
             labels = labels[:, None]
