@@ -181,6 +181,7 @@ def test_freezing_presets_count_parameters(preset):
     base = model.model
     expected = {
         "decoder": [base.sam.mask_decoder],
+        "prompt_decoder": [base.sam.prompt_encoder, base.sam.mask_decoder],
         "prompter_fusion": [base.prompter, base.fusion],
         "itm": [
             base.blip.vision_model,
@@ -203,7 +204,8 @@ def test_freezing_errors():
     model = EsamBlipForPromptableSegmentation(tiny_joint_config())
     with pytest.raises(
         ValueError,
-        match=r"`preset` must be one of \('decoder', 'prompter_fusion', 'itm', 'itm_heads', 'all'\), got 'head'",
+        match=r"`preset` must be one of \('decoder', 'prompt_decoder', 'prompter_fusion', 'itm', 'itm_heads', 'all'\), "
+        r"got 'head'",
     ):
         apply_freezing(model, "head")
     with pytest.raises(ValueError, match=r"trains the learned text prompter and the encoder fusion.*has neither"):

@@ -157,6 +157,55 @@ BUILTIN_MODELS: dict[str, str] = {
 DEFAULT_BUILTIN_MODEL = "esam-blip-shapes"
 
 
+@dataclass(frozen=True)
+class BuiltinPnpVqaModel:
+    """
+    A built-in PnP-VQA model (`EsamBlipForPnpVqa.from_pretrained(name)`): a built-in matcher, and the folder
+    `assets/models/<name>` with the captioner and reader (`captioner/`, `reader/`) and the settings
+    (`pnp_vqa_config.json`). The matcher's weights are not copied into it.
+
+    Attributes:
+        description: one line for listings.
+        matcher: the built-in model (of `BUILTIN_MODELS`) used as the matcher.
+    """
+
+    description: str
+    matcher: str
+
+
+# Built-in PnP-VQA models by name; `EsamBlipForPnpVqa.from_pretrained` takes them besides saved folders.
+BUILTIN_PNP_VQA_MODELS: dict[str, BuiltinPnpVqaModel] = {
+    "esam-blip-shapes-vqa": BuiltinPnpVqaModel(
+        description=(
+            "PnP-VQA on the synthetic scenes: esam-blip-shapes as the matcher, a tiny BLIP captioner and a tiny T5 "
+            "reader trained here (scripts/train_builtin_vqa.py)"
+        ),
+        matcher="esam-blip-shapes",
+    ),
+}
+
+
+def builtin_pnp_vqa_path(name: str) -> Path:
+    """
+    The folder of a built-in PnP-VQA model (`captioner/`, `reader/`, `pnp_vqa_config.json`).
+
+    Raises:
+        `ValueError`: `name` is not a built-in PnP-VQA model.
+        `FileNotFoundError`: the package was installed without the model's files.
+    """
+    if name not in BUILTIN_PNP_VQA_MODELS:
+        raise ValueError(
+            f"Unknown built-in PnP-VQA model {name!r}; the built-in PnP-VQA models are {sorted(BUILTIN_PNP_VQA_MODELS)}."
+        )
+    folder = MODELS_DIR / name
+    if not (folder / "pnp_vqa_config.json").is_file():
+        raise FileNotFoundError(
+            f"The built-in PnP-VQA model {name!r} is missing from this installation (expected it in {folder}); "
+            "reinstall the package (`pip install -e .` from a clone keeps the files in place)."
+        )
+    return folder
+
+
 def builtin_model_path(name: str = DEFAULT_BUILTIN_MODEL) -> Path:
     """
     The folder of a built-in model (config, `model.safetensors`, processor files).
@@ -198,12 +247,15 @@ class BuiltinNamesMixin:
 
 __all__ = [
     "BUILTIN_MODELS",
+    "BUILTIN_PNP_VQA_MODELS",
     "BUILTIN_PRESETS",
     "DEFAULT_BUILTIN_MODEL",
     "MODELS_DIR",
     "BuiltinNamesMixin",
+    "BuiltinPnpVqaModel",
     "BuiltinPreset",
     "builtin_model_path",
+    "builtin_pnp_vqa_path",
     "close_builtin_names",
     "resolve_pretrained_name",
 ]

@@ -22,7 +22,7 @@ from transformers import (
 from transformers.utils import ModelOutput, logging
 
 from .best_mask import select_best_masks
-from .builtin import resolve_pretrained_name
+from .builtin import BUILTIN_PNP_VQA_MODELS, builtin_pnp_vqa_path, resolve_pretrained_name
 from .configuration_esam_blip import EsamBlipConfig
 from .configuration_pnp_vqa import EsamBlipPnpVqaConfig
 from .modeling_esam_blip import EsamBlipForPromptableSegmentation
@@ -321,8 +321,19 @@ class EsamBlipForPnpVqa(nn.Module):
     def from_pretrained(cls, pretrained_name_or_path: str | os.PathLike, **settings: Any) -> "EsamBlipForPnpVqa":
         """
         Load a folder (or Hub repository) written by [`save_pretrained`]: the matcher at its top level, the captioner
-        and the reader in the `captioner/` and `reader/` subfolders, the settings in `pnp_vqa_config.json`.
+        and the reader in the `captioner/` and `reader/` subfolders, the settings in `pnp_vqa_config.json`. Also takes
+        a built-in PnP-VQA model's name (`"esam-blip-shapes-vqa"`, see `builtin.BUILTIN_PNP_VQA_MODELS`): its matcher
+        is a built-in model, its captioner, reader and settings are in its folder; a local folder of the same name wins.
         """
+        name = pretrained_name_or_path
+        if isinstance(name, str) and name in BUILTIN_PNP_VQA_MODELS and not os.path.exists(name):
+            folder = builtin_pnp_vqa_path(name)
+            return cls(
+                *load_matcher(BUILTIN_PNP_VQA_MODELS[name].matcher),
+                *load_captioner(folder, subfolder=CAPTIONER_FOLDER),
+                *load_reader(folder, subfolder=READER_FOLDER),
+                config=EsamBlipPnpVqaConfig.from_pretrained(folder, **settings),
+            )
         config = EsamBlipPnpVqaConfig.from_pretrained(pretrained_name_or_path, **settings)
         return cls(
             *load_matcher(pretrained_name_or_path),

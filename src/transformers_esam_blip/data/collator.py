@@ -3,6 +3,7 @@
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import PIL.Image
 import torch
 from torch.nn import functional as F
 
@@ -14,6 +15,8 @@ DEFAULT_MASK_SIZE = 256
 # A query with no real point: one padding point, which the processor keeps and the model ignores.
 _PADDING_QUERY = ([[-1.0, -1.0]], [-1])
 _ONE_EXAMPLE = "one example is one image, one text and one mask"
+# Columns of precomputed embeddings (`training.cache_image_embeddings`), passed to the model instead of the pixels.
+CACHED_EMBEDDING_COLUMNS = ("image_embeddings", "blip_image_embeds")
 
 
 def _gather(features: Sequence[Mapping[str, Any]], key: str) -> list[Any] | None:
@@ -44,7 +47,10 @@ class EsamBlipDataCollator:
     - `match_label` (*optional*): 1 if the text matches the image, 0 if not; without it, 1 for a non-empty mask;
     - `input_points` (*optional*): `[[x, y], ...]`, one query's points in image pixels, any number per example;
       `input_labels` (*optional*): their labels (1 foreground, 0 background; all 1 if omitted);
-    - `input_boxes` (*optional*): `[x1, y1, x2, y2]` in image pixels.
+    - `input_boxes` (*optional*): `[x1, y1, x2, y2]` in image pixels;
+    - `image_embeddings` / `blip_image_embeds` (*optional*, in every example or none): the image's embeddings from
+      [`cache_image_embeddings`], passed to the model instead of `pixel_values` / `blip_pixel_values` (the image is
+      still read for its size, which prompts and masks are rescaled from).
 
     `image` is required; `text`, `mask` and `input_boxes` must be in every example of a batch or in none, and so must
     `match_label` when there are no masks; `input_points` may be missing in some examples (they get a padding-only
@@ -75,7 +81,8 @@ class EsamBlipDataCollator:
             `dict` with `pixel_values [B, 3, S, S]`, `blip_pixel_values [B, 3, s, s]` (when the processor makes
             them), `input_ids` / `attention_mask [B, L]` (with texts), `input_points [B, 1, P, 2]` /
             `input_labels [B, 1, P]` / `input_boxes [B, 1, 4]` (with prompts, in the SAM frame, padded),
-            `labels [B, 1, mask_size, mask_size]` float32 0/1 (with masks), `match_labels [B]` int64 (with masks
+            `labels [B, 1, mask_size, mask_size]` float32 0/1 (with masks), `image_embeddings [B, C, g, g]` /
+            `blip_image_embeds [B, 1 + N, D]` in place of the pixels (with cached embeddings), `match_labels [B]` int64 (with masks
             or match labels) and, for `mask_size="original"`, `original_sizes [B, 2]` (which the model needs to
             compare full-resolution labels with its logits).
         """
@@ -94,12 +101,25 @@ class EsamBlipDataCollator:
                 raise TypeError(
                     f"`features[{i}]['text']` must be one string ({_ONE_EXAMPLE}), got {type(text).__name__}{count}."
                 )
-        inputs = self.processor(
-            images=[feature["image"] for feature in features],
-            text=texts,
-            return_tensors="pt",
-            **self._prompts(features),
-        )
+        cached = {name: _gather(features, name) for name in CACHED_EMBEDDING_COLUMNS}
+        if cached["image_embeddings"] is None:
+            inputs = self.processor(
+                images=[feature["image"] for feature in features],
+                text=texts,
+                return_tensors="pt",
+                **self._prompts(features),
+            )
+        else:
+            # Embeddings computed once (`cache_image_embeddings`): the images are read only for their sizes, which
+            # the prompts are rescaled from, and never resized or normalised again.
+            sizes = [self._image_size(feature["image"], i) for i, feature in enumerate(features)]
+            inputs = {"original_sizes": torch.tensor(sizes, dtype=torch.int64)}
+            inputs.update(self.processor.image_processor.preprocess_prompts(sizes, **self._prompts(features)))
+            if texts is not None:
+                inputs.update(self.processor(text=texts, return_tensors="pt"))
+            for name, embeddings in cached.items():
+                if embeddings is not None:
+                    inputs[name] = torch.stack([torch.as_tensor(embedding) for embedding in embeddings]).float()
         # The model reads `original_sizes` only to bring full-resolution labels to its 256² logits.
         dropped = (
             ("reshaped_input_sizes",) if self.mask_size == "original" else ("original_sizes", "reshaped_input_sizes")
@@ -146,6 +166,13 @@ class EsamBlipDataCollator:
             raise ValueError("Some examples have `input_labels` but none has `input_points`.")
         return prompts
 
+    def _image_size(self, image: Any, index: int) -> tuple[int, int]:
+        """`(height, width)` of one example's image, without decoding a PIL image's pixels."""
+        if isinstance(image, PIL.Image.Image):
+            return image.height, image.width
+        rgb = self.processor.image_processor._to_rgb_tensor(image, f"features[{index}]['image']")
+        return int(rgb.shape[-2]), int(rgb.shape[-1])
+
     @staticmethod
     def _mask_tensor(mask: Any, index: int, image_size: tuple[int, int]) -> torch.Tensor:
         name = f"features[{index}]['mask']"
@@ -171,4 +198,4 @@ class EsamBlipDataCollator:
         return (torch.cat(resized) >= 0.5).float()
 
 
-__all__ = ["DEFAULT_MASK_SIZE", "EsamBlipDataCollator"]
+__all__ = ["CACHED_EMBEDDING_COLUMNS", "DEFAULT_MASK_SIZE", "EsamBlipDataCollator"]

@@ -130,6 +130,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what trains (default: all)",
     )
     model.add_argument(
+        "--reinitialize_decoder",
+        action="store_true",
+        help="start the prompt encoder and mask decoder from a fresh initialisation (e.g. to teach points and boxes "
+        "to a decoder trained on text prompts alone); everything else keeps its weights",
+    )
+    model.add_argument(
+        "--cache_image_embeddings",
+        action="store_true",
+        help="encode every image once before training and train on the cached embeddings (needs frozen image "
+        "encoders, e.g. --freeze prompt_decoder or decoder); a step then costs a decoder pass",
+    )
+    model.add_argument(
         "--absent_mask_loss",
         action=argparse.BooleanOptionalAction,
         help="also train absent expressions' masks towards empty (config.absent_mask_loss; default: the model's "
@@ -275,6 +287,15 @@ def check_arguments(args: argparse.Namespace) -> None:
         args.prompt_weights = parse_prompt_weights(args.prompt_weights)
     if args.task == "itm" and (args.prompt_mix or args.mask_prompts):
         raise CliError("--prompt_mix and --mask_prompts train the segmentation half; they do not apply to --task itm")
+    if args.task == "itm" and (args.reinitialize_decoder or args.cache_image_embeddings):
+        raise CliError(
+            "--reinitialize_decoder and --cache_image_embeddings apply to the segmentation half, not to --task itm"
+        )
+    if args.cache_image_embeddings and args.freeze not in ("decoder", "prompt_decoder"):
+        raise CliError(
+            f"--cache_image_embeddings needs frozen image encoders (--freeze decoder or prompt_decoder), got --freeze "
+            f"{args.freeze}"
+        )
     if args.scene_size < 16:
         raise CliError(f"--scene_size must be >= 16 pixels, got {args.scene_size}")
     if not 0 <= args.absent_fraction < 1:

@@ -33,8 +33,10 @@ from ..modeling_esam_blip import (
 from ..processing_esam_blip import EsamBlipProcessor
 from ..text_prompt_strategies import TEXT_PROMPT_STRATEGIES, resolve_text_prompt_mode
 from .arguments import build_parser, check_arguments, command_training_arguments
+from .embedding_cache import cache_image_embeddings
 from .freezing import apply_freezing
 from .prompt_mix import PromptMix
+from .reinitialize import reinitialize_prompt_decoder
 from .trainer_builders import build_itm_trainer, build_trainer
 
 
@@ -263,6 +265,8 @@ def run(args: argparse.Namespace) -> None:
         )
     set_seed(args.seed)  # the same random init in every process
     model, processor = load_model(args)
+    if args.reinitialize_decoder:
+        reinitialize_prompt_decoder(model, seed=args.seed)
     trainable = apply_freezing(model, args.freeze)
     total = sum(parameter.numel() for parameter in model.parameters())
     # Process 0 writes the `datasets` cache first; the others then read it instead of racing to write it.
@@ -289,6 +293,12 @@ def run(args: argparse.Namespace) -> None:
     for name, dataset in (("--dataset", train_dataset), ("--eval_dataset", eval_dataset)):
         if dataset is not None and len(dataset) == 0:
             raise CliError(f"{name} {getattr(args, name[2:])} holds no examples")
+    if args.cache_image_embeddings:
+        with training_args.main_process_first(desc="image embeddings"):
+            progress = training_args.process_index == 0
+            train_dataset = cache_image_embeddings(model, processor, train_dataset, progress=progress)
+            if eval_dataset is not None:
+                eval_dataset = cache_image_embeddings(model, processor, eval_dataset, progress=progress)
     _progress(
         f"Model: {trainable:,} of {total:,} parameters train (--freeze {args.freeze}); {len(train_dataset)} training "
         f"examples; {training_args.world_size} process(es) on {training_args.device}",

@@ -10,6 +10,11 @@ def _decoder(model: PreTrainedModel) -> list[torch.nn.Module]:
     return [model.base_model.require_segmentation().mask_decoder]
 
 
+def _prompt_decoder(model: PreTrainedModel) -> list[torch.nn.Module]:
+    sam = model.base_model.require_segmentation()
+    return [sam.prompt_encoder, sam.mask_decoder]
+
+
 def _prompter_fusion(model: PreTrainedModel) -> list[torch.nn.Module]:
     base = model.base_model
     trained = [module for module in (base.prompter, base.fusion, base.itm_fusion) if module is not None]
@@ -39,6 +44,7 @@ def _all(model: PreTrainedModel) -> list[torch.nn.Module]:
 # Preset name → the modules it trains, given the model (`EsamBlipModel` or a head model on it).
 FREEZING_PRESETS: dict[str, Callable[[PreTrainedModel], list[torch.nn.Module]]] = {
     "decoder": _decoder,
+    "prompt_decoder": _prompt_decoder,
     "prompter_fusion": _prompter_fusion,
     "itm": _itm,
     "itm_heads": _itm_heads,
@@ -54,6 +60,9 @@ def apply_freezing(model: PreTrainedModel, preset: str) -> int:
     Presets:
     - `"decoder"`: the EfficientSAM mask decoder only (`model.sam.mask_decoder`), SAM's fine-tuning recipe for point
       and box prompts. The prompter, if any, stays as it is (train it first, or use `"all"`).
+    - `"prompt_decoder"`: the prompt encoder (point, box and label embeddings, the mask encoder if any) and the mask
+      decoder: everything after the encoders, so image embeddings can be cached
+      ([`cache_image_embeddings`]). The learned text prompter, the fusion and BLIP stay as they are.
     - `"prompter_fusion"`: the learned text prompter and the encoder fusions (`model.prompter`, `model.fusion`,
       `model.itm_fusion`, whichever the config builds), nothing else: both encoders, the prompt encoder, the mask
       decoder and the ITM/ITC heads of a converted checkpoint stay exactly as converted, and the new joins learn to
