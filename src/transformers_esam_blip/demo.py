@@ -24,10 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .best_mask import best_mask_indices, select_best_masks
+from . import web_demo  # Gradio itself is imported only when the web demo starts
+from .best_mask import best_mask_indices
 from .builtin import DEFAULT_BUILTIN_MODEL
 from .commands import CliError, CommandParser, load_checkpoint_config, run_command
 from .data import COLOURS, SHAPES, generate_scene, scene_rng
+from .encoded_image import EncodedImageModel, best_of_queries, encode_image
 from .mask_generator import EsamBlipMaskGenerator
 from .metrics import mask_ious, roc_auc
 from .modeling_esam_blip import EsamBlipForPromptableSegmentation
@@ -83,45 +85,6 @@ def object_points(mask: np.ndarray, rng: np.random.Generator) -> tuple[list[floa
     return points[0], points
 
 
-def encode_image(
-    model: EsamBlipForPromptableSegmentation, processor: EsamBlipProcessor, image: Image.Image
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """
-    Encode `image` once for every prompt that follows.
-
-    Returns:
-        `(image_inputs, original_sizes)`: the keyword arguments that stand for the image in each `model(...)` call
-        (`image_embeddings` from `get_image_embeddings`, or `pixel_values` for a model whose fusion sits inside the
-        EfficientSAM encoder; plus `blip_image_embeds` when the model has the BLIP half, for texts and fusions) and
-        the `[1, 2]` image size.
-    """
-    inputs = processor(images=image, return_tensors="pt")
-    fusion = model.model.fusion
-    if fusion is not None and fusion.location == "encoder":  # the BLIP stream enters the encoder: no reusable output
-        image_inputs = {"pixel_values": inputs["pixel_values"]}
-    else:
-        image_inputs = {"image_embeddings": model.get_image_embeddings(inputs["pixel_values"])}
-    if model.config.has_blip:
-        image_inputs["blip_image_embeds"] = model.model(blip_pixel_values=inputs["blip_pixel_values"]).blip_image_embeds
-    return image_inputs, inputs["original_sizes"]
-
-
-def best_of_queries(
-    outputs: Any, processor: EsamBlipProcessor, original_sizes: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """
-    The best candidate (highest predicted IoU) of every query of one image's outputs, queries on the batch axis
-    (texts) or on the query axis (objects) alike.
-
-    Returns:
-        `(masks, scores, logits)`: `[N, H, W]` bool at the image size, `[N]` predicted IoU and `[N, m, m]` low-res
-        logits, `N = B * Q`.
-    """
-    logits, scores = select_best_masks(outputs.pred_masks.flatten(0, 1), outputs.iou_scores.flatten(0, 1))
-    masks = processor.post_process_masks([logits], original_sizes[:1])[0]
-    return masks, scores, logits
-
-
 def reads_text(model: EsamBlipForPromptableSegmentation, processor: EsamBlipProcessor) -> bool:
     """Whether the demo can prompt `model` with texts: a learned text prompter, the BLIP half and a tokenizer."""
     return model.config.prompter_source is not None and model.config.has_blip and processor.tokenizer is not None
@@ -129,28 +92,6 @@ def reads_text(model: EsamBlipForPromptableSegmentation, processor: EsamBlipProc
 
 def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
-
-
-class _EncodedImageModel:
-    """
-    `model` as `EsamBlipMaskGenerator` uses it, with one image's encodings bound: `get_image_embeddings` returns the
-    embeddings already computed (the generator's pixels are that same image), and every decoder call also gets the
-    image's BLIP tokens, which a decoder-side fusion reads.
-    """
-
-    def __init__(self, model: EsamBlipForPromptableSegmentation, image_inputs: dict[str, torch.Tensor]) -> None:
-        self.model = model
-        self.image_inputs = image_inputs
-        self.device = model.device
-        self.dtype = model.dtype
-
-    def get_image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.image_inputs["image_embeddings"]
-
-    def __call__(self, image_embeddings: torch.Tensor, **prompts: Any) -> Any:
-        return self.model(
-            image_embeddings=image_embeddings, blip_image_embeds=self.image_inputs.get("blip_image_embeds"), **prompts
-        )
 
 
 @torch.inference_mode()
@@ -230,7 +171,7 @@ def segment_scene(
 
     if "image_embeddings" in image_inputs:
         generator = EsamBlipMaskGenerator(
-            _EncodedImageModel(model, image_inputs),
+            EncodedImageModel(model, image_inputs),
             processor.image_processor,
             points_per_side=EVERYTHING_POINTS_PER_SIDE,
             grid="coarse_to_fine",
@@ -440,8 +381,6 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     """Run the demo as the parsed command line says (`python -m transformers_esam_blip.demo` / `esam-blip demo`)."""
     if args.web:
-        from . import web_demo  # web_demo imports this module's helpers: a top-level import would be circular
-
         web_demo.run(args)
         return
     if args.num_scenes < 1:
@@ -474,9 +413,7 @@ __all__ = [
     "PROMPT_TYPES",
     "SUMMARY",
     "add_arguments",
-    "best_of_queries",
     "build_parser",
-    "encode_image",
     "main",
     "object_points",
     "reads_text",

@@ -18,7 +18,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .demo import _EncodedImageModel, best_of_queries, encode_image
+from .encoded_image import EncodedImageModel, best_of_queries, encode_image
 from .mask_generator import GRID_SCHEDULES, EsamBlipMaskGenerator
 from .modeling_esam_blip import EsamBlipForPromptableSegmentation
 from .processing_esam_blip import EsamBlipProcessor
@@ -352,7 +352,7 @@ class EsamBlipInteractiveSession:
                 f"EfficientSAM encoder (`fusion_type={self.model.config.fusion_type!r}`): there are none to reuse."
             )
         generator = EsamBlipMaskGenerator(
-            _EncodedImageModel(self.model, self._image_inputs),
+            EncodedImageModel(self.model, self._image_inputs),
             self.processor.image_processor,
             points_per_side=points_per_side,
             grid=grid,

@@ -11,10 +11,22 @@ from transformers import AutoModelForMaskGeneration
 from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 
+from .builtin import BUILTIN_PNP_VQA_MODELS, builtin_model_path, builtin_pnp_vqa_path
 from .configuration_pnp_vqa import PNP_VQA_CONFIG_NAME, EsamBlipPnpVqaConfig
 from .pnp_vqa import CAPTIONER_FOLDER, READER_FOLDER, EsamBlipForPnpVqa, _question_list
 
 TASK = "esam-blip-pnp-vqa"
+
+
+def _builtin_companion(matcher_path: Path) -> Path | None:
+    """The built-in PnP-VQA folder whose matcher is the built-in model at `matcher_path`, if any."""
+    for name, entry in BUILTIN_PNP_VQA_MODELS.items():
+        try:
+            if matcher_path.resolve() == builtin_model_path(entry.matcher).resolve():
+                return builtin_pnp_vqa_path(name)
+        except (ValueError, FileNotFoundError):
+            continue
+    return None
 
 
 class EsamBlipPnpVqaPipeline(Pipeline):
@@ -35,7 +47,9 @@ class EsamBlipPnpVqaPipeline(Pipeline):
     ```
 
     A folder written by `EsamBlipForPnpVqa.save_pretrained` needs no `captioner`/`reader`: they load from its
-    subfolders, with its saved settings as defaults.
+    subfolders, with its saved settings as defaults. Nor does the built-in matcher `"esam-blip-shapes"`: it brings the
+    tiny captioner and reader of the built-in `"esam-blip-shapes-vqa"` (synthetic scenes only), so
+    `pipeline("esam-blip-pnp-vqa", model="esam-blip-shapes")` answers offline.
 
     Its own task, not `"visual-question-answering"`: that pipeline tokenizes the question with the model's one
     tokenizer, calls one `generate` and decodes with the same tokenizer, while PnP-VQA reads the question with three
@@ -81,6 +95,9 @@ class EsamBlipPnpVqaPipeline(Pipeline):
         if self.processor is None:
             raise ValueError(f"{TASK} needs the matcher's EsamBlipProcessor: pass `processor=`.")
         saved = Path(getattr(self.model, "name_or_path", "") or "")
+        companion = _builtin_companion(saved)
+        if captioner is None and reader is None and companion is not None:
+            saved = companion  # a built-in matcher brings its built-in captioner and reader
         if (saved / PNP_VQA_CONFIG_NAME).is_file():
             captioner = saved / CAPTIONER_FOLDER if captioner is None else captioner
             reader = saved / READER_FOLDER if reader is None else reader
