@@ -76,6 +76,17 @@ PNP_VQA_SETTINGS = {
 }
 
 
+def _step(model, loss, optimizer, schedule, losses: list, bar) -> None:
+    """One optimiser step (gradients clipped at norm 1), the loss logged and its running mean on the bar."""
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    losses.append(loss.item())
+    bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+
+
 def captioner_tokenizer(folder: Path):
     """The BLIP WordPiece tokenizer over the captions' words (with BLIP's `[DEC]` and `[ENC]`)."""
     vocab_file = folder / "vocab.txt"
@@ -236,13 +247,7 @@ def train_captioner(args, folder: Path, record: dict) -> None:
         ).logits
         targets = input_ids[:, prompt_length:].masked_fill(tokens["attention_mask"][:, prompt_length:] == 0, -100)
         loss = F.cross_entropy(logits[:, prompt_length - 1 : -1].flatten(0, 1), targets.flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        _step(model, loss, optimizer, schedule, losses, bar)
     model.eval()
     record["captioner"] = {
         "scenes": args.captioner_scenes,
@@ -346,13 +351,7 @@ def train_reader(args, folder: Path, record: dict) -> None:
         labels = tokenizer([answer for _, answer in batch], padding="longest", return_tensors="pt")["input_ids"]
         labels = labels.masked_fill(labels == tokenizer.pad_token_id, -100)
         loss = model(**inputs, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        _step(model, loss, optimizer, schedule, losses, bar)
     model.eval()
     record["reader"] = {
         "scenes": args.reader_scenes,

@@ -160,3 +160,26 @@ def test_cli_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| question template | questions | enhancement on |" in out and "**overall**" in out
     assert json.loads(scores.read_text())["num_scenes"] == 1
+
+
+@pytest.mark.slow
+def test_training_script_writes_a_loadable_folder(tmp_path, capsys):
+    """The recipe of the built-in captioner and reader, a few steps on a few scenes: the folder it writes loads."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_builtin_vqa.py"
+    spec = importlib.util.spec_from_file_location("train_builtin_vqa", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny = ["--captioner_scenes", "6", "--captioner_steps", "2", "--reader_scenes", "6", "--reader_steps", "2"]
+    argv = ["--output_dir", str(tmp_path), *tiny, "--batch_size", "4", "--reader_batch_size", "4", "--no_progress"]
+    assert module.main(argv) == 0
+    record = json.loads((tmp_path / "training.json").read_text())
+    assert record["captioner"]["steps"] == 2 and record["reader"]["steps"] == 2
+    assert isinstance(
+        BlipForConditionalGeneration.from_pretrained(tmp_path / CAPTIONER_FOLDER), BlipForConditionalGeneration
+    )
+    assert isinstance(T5ForConditionalGeneration.from_pretrained(tmp_path / READER_FOLDER), T5ForConditionalGeneration)
+    assert module.main([*argv, "--captioner_steps", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --captioner_steps must be >= 1, got 0"

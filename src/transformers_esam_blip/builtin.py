@@ -193,15 +193,18 @@ def builtin_pnp_vqa_path(name: str) -> Path:
         `ValueError`: `name` is not a built-in PnP-VQA model.
         `FileNotFoundError`: the package was installed without the model's files.
     """
-    if name not in BUILTIN_PNP_VQA_MODELS:
-        raise ValueError(
-            f"Unknown built-in PnP-VQA model {name!r}; the built-in PnP-VQA models are {sorted(BUILTIN_PNP_VQA_MODELS)}."
-        )
+    return _asset_folder(name, BUILTIN_PNP_VQA_MODELS, "built-in PnP-VQA model", "pnp_vqa_config.json")
+
+
+def _asset_folder(name: str, registry: Any, kind: str, marker: str) -> Path:
+    """`MODELS_DIR / name` for a name of `registry`, checked to hold its `marker` file."""
+    if name not in registry:
+        raise ValueError(f"Unknown {kind} {name!r}; the {kind}s are {sorted(registry)}.")
     folder = MODELS_DIR / name
-    if not (folder / "pnp_vqa_config.json").is_file():
+    if not (folder / marker).is_file():
         raise FileNotFoundError(
-            f"The built-in PnP-VQA model {name!r} is missing from this installation (expected it in {folder}); "
-            "reinstall the package (`pip install -e .` from a clone keeps the files in place)."
+            f"The {kind} {name!r} is missing from this installation (expected it in {folder}); reinstall the "
+            "package (`pip install -e .` from a clone keeps the files in place)."
         )
     return folder
 
@@ -214,15 +217,7 @@ def builtin_model_path(name: str = DEFAULT_BUILTIN_MODEL) -> Path:
         `ValueError`: `name` is not a built-in model.
         `FileNotFoundError`: the package was installed without the model's files.
     """
-    if name not in BUILTIN_MODELS:
-        raise ValueError(f"Unknown built-in model {name!r}; the built-in models are {sorted(BUILTIN_MODELS)}.")
-    folder = MODELS_DIR / name
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"The built-in model {name!r} is missing from this installation (expected it in {folder}); reinstall the "
-            "package (`pip install -e .` from a clone keeps the files in place)."
-        )
-    return folder
+    return _asset_folder(name, BUILTIN_MODELS, "built-in model", "config.json")
 
 
 def close_builtin_names(name: str) -> list[str]:
