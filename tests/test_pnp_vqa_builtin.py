@@ -92,6 +92,21 @@ def test_answer_is_a_valid_word(vqa):
     assert all(caption for captions in output.captions for caption in captions)
 
 
+def test_pipeline_with_the_builtin_matcher_uses_the_builtin_captioner_and_reader():
+    from transformers import pipeline
+
+    import transformers_esam_blip.pipeline_pnp_vqa  # noqa: F401  registers the task
+    from transformers_esam_blip.builtin import builtin_model_path
+
+    answerer = pipeline("esam-blip-pnp-vqa", model=builtin_model_path("esam-blip-shapes"))
+    assert answerer.pnp_vqa.config.num_captions == 10  # the built-in settings, not the defaults
+    assert type(answerer.pnp_vqa.captioner).__name__ == "BlipForConditionalGeneration"
+    ((image, obj),) = single_object_scenes(1)
+    torch.manual_seed(0)
+    result = answerer(image, QUESTION_TEMPLATES["colour"].format(shape=obj["shape"]))
+    assert result["answer"] in VALID_ANSWERS
+
+
 def test_easy_scenes_are_answered_right(vqa):
     """
     One object in the scene: its colour. (The tiny captioner often names the wrong shape, so the shape and yes/no
