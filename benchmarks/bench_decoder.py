@@ -10,7 +10,6 @@ the outputs of both are asserted equal within 1e-5.
     python benchmarks/bench_decoder.py [--repeats 3] [--threads 2] [--profile]
 """
 
-import contextlib
 import math
 import sys
 
@@ -19,7 +18,6 @@ import torch.nn.functional as F
 from bench_efficient_sam import best_matmul_flops, timed
 from common import benchmark_arguments
 
-import transformers_esam_blip.modeling_efficient_sam as modeling
 from transformers_esam_blip import EsamBlipConfig, EsamBlipForPromptableSegmentation
 from transformers_esam_blip.prompts import assemble_prompts
 
@@ -141,17 +139,6 @@ def decoder_flops(config: EsamBlipConfig, shared_work: bool, num_points: int = 6
 # Benchmark ---------------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def patched(module, name: str, value):
-    """`module.name = value` for the duration of the block."""
-    saved = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, saved)
-
-
 def randomise_decoder(decoder: torch.nn.Module, scale: float = 0.8) -> None:
     """
     Weights ~ N(0, (scale / sqrt(fan_in))^2), norms ~ 1 ± 0.2: logits of order five. (At logits of order ten, float32
@@ -188,7 +175,7 @@ def main() -> None:
         peak = best_matmul_flops(args.repeats)
         new_flops, shared_flops = decoder_flops(config, shared_work=True)
         old_flops, _ = decoder_flops(config, shared_work=False)
-        times, one_piece = {}, {}
+        times = {}
         for count in PROMPT_COUNTS:
             points = torch.rand(1, count, 1, 2, generator=generator) * size
             labels = torch.ones(1, count, 1, dtype=torch.long)
@@ -207,13 +194,10 @@ def main() -> None:
             )
             diffs.append((count, diff, want[0].abs().max().item()))
             times[count] = (timed(new, args.repeats), timed(old, args.repeats))
-            with patched(modeling, "DECODER_QUERY_CHUNK_SIZE", count):  # every query in one piece
-                one_piece[count] = timed(new, args.repeats)
             seconds_new, seconds_old = times[count]
             floor = new_flops + shared_flops / count
             rows.append(
-                f"| {count} | {1e3 * seconds_old / count:.1f} | {1e3 * one_piece[count] / count:.1f} | "
-                f"{1e3 * seconds_new / count:.1f} | "
+                f"| {count} | {1e3 * seconds_old / count:.1f} | {1e3 * seconds_new / count:.1f} | "
                 f"{seconds_old / seconds_new:.2f}x | {floor / 1e9:.2f} | {floor * count / seconds_new / peak:.0%} |"
             )
         if profile:
@@ -228,11 +212,10 @@ def main() -> None:
         f"+ {shared_flops / 1e9:.2f} GFLOP per image (the floor below: per prompt + per image / prompts)"
     )
     print(
-        f"| prompts | plain tiled (ms/prompt) | shared-work, all queries in one piece (ms/prompt) | shared-work, "
-        f"{modeling.DECODER_QUERY_CHUNK_SIZE} queries per piece (ms/prompt) | speed-up | floor (GFLOP/prompt) | "
+        "| prompts | plain tiled (ms/prompt) | shared-work (ms/prompt) | speed-up | floor (GFLOP/prompt) | "
         "fraction of best matmul rate |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
     for label, index in (("plain tiled", 1), ("shared-work", 0)):
         one, many = times[1][index], times[16][index]

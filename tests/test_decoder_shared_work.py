@@ -179,24 +179,6 @@ def test_each_query_is_independent_of_the_others():
     assert (together[1][1:, 3:4] - alone[1]).abs().max() <= TOLERANCE
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 3])
-def test_queries_decoded_in_pieces_equal_all_at_once(monkeypatch, chunk):
-    """The decoder splits many queries into pieces of `DECODER_QUERY_CHUNK_SIZE`: same outputs as one piece."""
-    import transformers_esam_blip.modeling_efficient_sam as modeling
-
-    sam = _sam()
-    generator = torch.Generator().manual_seed(9)
-    embeddings = torch.randn(2, 16, 8, 8, generator=generator)
-    with torch.no_grad():
-        sparse = _prompts(sam, 2, 7, generator)
-        monkeypatch.setattr(modeling, "DECODER_QUERY_CHUNK_SIZE", 100)
-        whole = sam.decode(embeddings, sparse)
-        monkeypatch.setattr(modeling, "DECODER_QUERY_CHUNK_SIZE", chunk)
-        pieces = sam.decode(embeddings, sparse)
-    assert pieces[0].shape == whole[0].shape and pieces[1].shape == whole[1].shape
-    assert max(_max_diffs(pieces, whole)) <= TOLERANCE
-
-
 def test_gradients_match_plain_computation():
     """Training goes through the fast path too: its parameter and input gradients equal the plain computation's."""
     sam = _sam()

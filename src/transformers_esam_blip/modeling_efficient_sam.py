@@ -654,8 +654,6 @@ class EfficientSamUpscalingLayer(nn.Module):
 
 # Prompts upscaled together in one piece (see `EfficientSamMaskDecoder.forward`).
 UPSCALING_CHUNK_SIZE = 16
-# Queries decoded together in one piece (see `EfficientSamMaskDecoder.forward`); measured by benchmarks/bench_decoder.py.
-DECODER_QUERY_CHUNK_SIZE = 4
 
 
 class EfficientSamMaskDecoder(nn.Module):
@@ -729,27 +727,6 @@ class EfficientSamMaskDecoder(nn.Module):
         `EfficientSamTwoWayTransformer`. The upscaling runs as matmuls on channels-last pixel rows, and only the
         selected mask tokens' hypernetworks and masks are computed.
         """
-        queries = sparse_prompt_embeddings.shape[1]
-        chunk = DECODER_QUERY_CHUNK_SIZE
-        if is_tracing() or recording_attentions() or queries <= chunk:
-            return self._decode_queries(image_embeddings, image_pe, sparse_prompt_embeddings, multimask_output)
-        # Every query's work is independent: a few queries at a time keep the per-query image tokens (64x64 x width
-        # each) in cache through the whole decoder, instead of streaming every query's tokens through memory at every
-        # step; the first block's shared keys and values are recomputed per piece, a small cost.
-        pieces = [
-            self._decode_queries(image_embeddings, image_pe, part, multimask_output)
-            for part in sparse_prompt_embeddings.split(chunk, dim=1)
-        ]
-        return torch.cat([piece[0] for piece in pieces], dim=1), torch.cat([piece[1] for piece in pieces], dim=1)
-
-    def _decode_queries(
-        self,
-        image_embeddings: torch.Tensor,
-        image_pe: torch.Tensor,
-        sparse_prompt_embeddings: torch.Tensor,
-        multimask_output: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """[`forward`] on all the given queries at once."""
         batch_size, num_queries, num_points, width = sparse_prompt_embeddings.shape
         _, channels, height, grid_width = image_embeddings.shape
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
