@@ -1,7 +1,8 @@
 """
 The built-in model's outputs, pinned: a guard against any change of the computation. The values were measured when
-the model was retrained with a mask encoder (issue 14); the same test had pinned the previous weights to the
-pre-redesign code (commit 29ee528), which the redesign reproduced bit for bit.
+the model was retrained with a fresh prompt encoder and mask decoder (stages 4-5, issue 14); earlier versions of this
+test pinned the previous weights, first to the pre-redesign code (commit 29ee528), which the redesign reproduced bit
+for bit.
 """
 
 import pytest
@@ -10,25 +11,25 @@ from PIL import Image
 
 from transformers_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipProcessor, builtin_model_path
 
-# Measured with this code on these inputs (the retrained esam-blip-shapes).
+# Measured with this code on these inputs (esam-blip-shapes after stages 4-5).
 PINNED = {
     "learned": {
-        "iou": [[-0.008088402450084686, 0.2443355768918991, 0.7950543165206909],
-                [-0.00603841245174408, 0.31615328788757324, 0.8871573209762573]],
-        "itm": [0.9897499680519104, 0.9258344173431396],
-        "mask_sum": [[-143.23601683623565, -43838.91239424795, -154478.32771402597],
-                     [-159.77662861511635, -44989.00085276365, -144654.68099035323]],
+        "iou": [[0.9659140706062317, 0.9350045919418335, 0.969798743724823],
+                [0.9737034440040588, 0.9293877482414246, 0.9684644341468811]],
+        "itm": [0.9312379360198975, 0.8288116455078125],
+        "mask_sum": [[-73673.72357466072, -74769.02822890878, -101167.51810622215],
+                     [-79660.20214635134, -86982.83918865025, -93748.4702796936]],
     },
     "gradcam": {
-        "iou": [[-0.005685992538928986, 0.29704612493515015, 0.21871784329414368],
-                [-0.0035760304890573025, 0.37429898977279663, 0.1747150421142578]],
-        "itm": [0.9897499680519104, 0.9258344173431396],
-        "mask_sum": [[-192.34916719066678, -21314.841586619616, -45631.869083069265],
-                     [-181.12296917078493, -21161.738969922066, -52527.91038302332]],
+        "iou": [[0.8661598563194275, 0.9657408595085144, 0.9808365702629089],
+                [0.8731691241264343, 0.967863917350769, 0.981472909450531]],
+        "itm": [0.9312379360198975, 0.8288116455078125],
+        "mask_sum": [[-91133.34982824326, -84455.64241790771, -78421.80565190315],
+                     [-77132.84107363224, -87727.79997259378, -78576.19533240795]],
     },
     "points_and_box": {
-        "iou": [[-0.004417268559336662, 0.35683828592300415, 0.1941969096660614]],
-        "mask_sum": [[-189.4602625241605, -21707.21559662558, -58349.94218120724]],
+        "iou": [[0.9354279637336731, 0.9719248414039612, 0.9875476956367493]],
+        "mask_sum": [[-56044.89551705122, -123994.70174083114, -110598.22944775224]],
     },
 }  # fmt: skip
 
