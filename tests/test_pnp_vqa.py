@@ -295,6 +295,12 @@ def test_pipeline_from_separate_checkpoints(checkpoints, image):
     assert all(len(result["captions"]) == 2 for result in results)
     [per_input] = answerer([{"image": image, "question": QUESTIONS[1]}], num_captions=2)
     assert per_input["question"] == QUESTIONS[1]
+    # The stock visual-question-answering pipeline's keyword works too.
+    torch.manual_seed(0)
+    by_keyword = answerer(image, question=QUESTIONS[0], num_captions=2)
+    assert by_keyword["question"] == QUESTIONS[0] and by_keyword["answer"] == ANSWER
+    with pytest.raises(TypeError, match="`questions=` or `question=`, not both"):
+        answerer(image, QUESTIONS[0], question=QUESTIONS[1])
     with pytest.raises(TypeError, match="num_captionz"):
         answerer(image, QUESTIONS[0], num_captionz=2)
     with pytest.raises(ValueError, match="needs `captioner=`"):

@@ -121,18 +121,29 @@ class EsamBlipPnpVqaPipeline(Pipeline):
         )
         self.pnp_vqa.to(self.device)
 
-    def __call__(self, images: Any, questions: str | list[str] | None = None, **kwargs: Any) -> Any:
+    def __call__(
+        self,
+        images: Any,
+        questions: str | list[str] | None = None,
+        question: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """
         Answer each question about its image.
 
         Args:
             images: an image, or `{"image": ..., "question": ...}` dicts (then no `questions`).
             questions: a question or a list of questions about `images`.
+            question: the same as `questions`, under the name `pipeline("visual-question-answering")` uses.
             kwargs: PnP-VQA settings, `generator`, `timeout`.
 
         Returns:
             A result dict for one question, a list of them for a list of questions (or per input dict).
         """
+        if question is not None:
+            if questions is not None:
+                raise TypeError("Give the questions once: `questions=` or `question=`, not both.")
+            questions = question
         batch_size = kwargs.get("batch_size") or self._batch_size or 1
         if batch_size != 1:
             raise ValueError(f"{TASK} answers one image (with all its questions) per call; `batch_size` must be 1.")
