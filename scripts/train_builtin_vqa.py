@@ -1,6 +1,7 @@
 """Train the built-in PnP-VQA captioner and reader (`esam-blip-shapes-vqa`) on the synthetic scenes, on the CPU.
 
-    python scripts/train_builtin_vqa.py                      # writes src/transformers_esam_blip/assets/models/esam-blip-shapes-vqa
+    python scripts/train_builtin_vqa.py --output_dir src/transformers_esam_blip/assets/models/esam-blip-shapes-vqa \
+        --overwrite                                          # replaces the shipped folder
     python scripts/train_builtin_vqa.py --output_dir out --captioner_steps 200 --reader_steps 200   # a smoke run
 
 Two tiny `transformers` models, trained as `EsamBlipForPnpVqa` uses them; the matcher is the built-in
@@ -387,7 +388,10 @@ def _warmup_cosine(steps: int, warmup: int = 100):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--output_dir", type=Path, default=MODELS_DIR / NAME, help=f"default: the package's {NAME}")
+    parser.add_argument(
+        "--output_dir", type=Path, required=True, help=f"where to write (the package's {NAME}: {MODELS_DIR / NAME})"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a captioner/reader already in --output_dir")
     parser.add_argument("--seed", type=int, default=0, help="training scenes: seed (captioner) and seed + 1 (reader)")
     parser.add_argument("--validation_seed", type=int, default=3, help="scenes of the accuracies in training.json")
     parser.add_argument("--captioner_scenes", type=int, default=3000)
@@ -413,6 +417,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --batch_size must lie in [1, --captioner_scenes], got {args.batch_size}", file=sys.stderr)
         return 2
     folder = args.output_dir
+    # `--only captioner` writes the captioner, `--only reader` the reader, neither flag both.
+    parts = (
+        [CAPTIONER_FOLDER, READER_FOLDER]
+        if args.only is None
+        else [CAPTIONER_FOLDER if args.only == "captioner" else READER_FOLDER]
+    )
+    existing = [part for part in parts if (folder / part).exists()]
+    if existing and not args.overwrite:
+        print(f"error: --output_dir {folder} already holds {existing}; pass --overwrite to replace it", file=sys.stderr)
+        return 2
     folder.mkdir(parents=True, exist_ok=True)
     record_file = folder / "training.json"
     record = json.loads(record_file.read_text(encoding="utf-8")) if args.only and record_file.is_file() else {}

@@ -196,5 +196,12 @@ def test_training_script_writes_a_loadable_folder(tmp_path, capsys):
         BlipForConditionalGeneration.from_pretrained(tmp_path / CAPTIONER_FOLDER), BlipForConditionalGeneration
     )
     assert isinstance(T5ForConditionalGeneration.from_pretrained(tmp_path / READER_FOLDER), T5ForConditionalGeneration)
+    # A second run does not replace the folder's models unless asked; --only replaces only its part.
+    assert module.main(argv) == 2
+    assert "already holds ['captioner', 'reader']; pass --overwrite" in capsys.readouterr().err
+    assert module.main([*argv, "--only", "reader"]) == 2
+    assert "already holds ['reader']" in capsys.readouterr().err
+    assert module.main([*argv, "--only", "reader", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "training.json").read_text())["captioner"]["steps"] == 2  # the captioner's kept
     assert module.main([*argv, "--captioner_steps", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --captioner_steps must be >= 1, got 0"
