@@ -305,8 +305,9 @@ def test_training_push_to_hub_uploads_the_runs_card(tmp_path, monkeypatch):
         "--push_to_hub", "me/run",
     ]  # fmt: skip
     assert train_main(argv) == 0
-    # The last upload is the run's card (Trainer's own draft card is written over before it).
+    # The last upload is the run's card, and no upload carries Trainer's own draft card.
     assert uploads[-1] == (output / "README.md").read_text(encoding="utf-8")
+    assert all(upload is None or is_esam_blip_card(upload) for upload in uploads), uploads
     assert is_esam_blip_card(uploads[-1]) and "# me/run" in uploads[-1]
 
 

@@ -316,6 +316,10 @@ def run(args: argparse.Namespace) -> None:
             model, processor, train_dataset, eval_dataset, args=training_args, prompt_mix=prompt_mix
         )
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if args.push_to_hub is not None:
+        # `save_model` pushes too, and `Trainer.push_to_hub` writes its own draft card over README.md before it
+        # uploads: no draft there; the run's card goes up with the last push below.
+        trainer.create_model_card = lambda **_: None
     trainer.save_model()
     trainer.save_state()
     scores = _report(trainer, result.global_step, eval_dataset is not None, args)
@@ -326,8 +330,7 @@ def run(args: argparse.Namespace) -> None:
         card.save(readme)
         (Path(args.output_dir) / TRAINING_RECORD_FILE).write_text(record.to_json(), encoding="utf-8")
     if args.push_to_hub is not None:
-        # `Trainer.push_to_hub` writes its own draft card over README.md before uploading the folder: keep this run's.
-        trainer.create_model_card = lambda **_: card.save(readme)
+        trainer.create_model_card = lambda **_: card.save(readme)  # in place of the draft: this run's card
         trainer.push_to_hub()
 
 
