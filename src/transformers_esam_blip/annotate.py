@@ -17,41 +17,47 @@ shards do not depend on the number of processes, so the merged output is the sam
 
 import argparse
 import hashlib
-import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import PIL.Image
-import pyarrow as pa
-import pyarrow.parquet as pq
-import pycocotools.mask as mask_utils
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from .annotation_files import (
+    EVERYTHING_CATEGORY,
+    MANIFEST_FILE,
+    MANIFEST_VERSION,
+    OUTPUT_FILES,
+    OUTPUT_FORMATS,
+    SHARDS_DIR,
+    check_manifest,
+    encode_masks,
+    merge_shards,
+    shard_path,
+    write_json,
+    written_shards,
+)
+from .annotation_sources import AnnotationItem, AnnotationSource, open_annotation_source
 from .best_mask import select_best_masks
 from .builtin import DEFAULT_BUILTIN_MODEL, MODELS_DIR, resolve_pretrained_name
 from .commands import (
     CliError,
     CommandParser,
     load_checkpoint_config,
-    looks_like_hub_id,
     parse_device,
     resolve_model_argument,
     run_command,
 )
-from .data.coco import read_coco_instances
-from .data.referring import sentence_texts
-from .data.user_data import find_referring_source, image_file_value, load_raw_dataset, open_image_value
 from .mask_generator import EsamBlipMaskGenerator
 from .modeling_esam_blip import EsamBlipForPromptableSegmentation
 from .processing_esam_blip import EsamBlipProcessor
@@ -59,56 +65,6 @@ from .text_prompt_strategies import text_prompt_mode_choices
 
 SUMMARY = __doc__.split("\n", 1)[0]
 EXAMPLES = __doc__.split("\n\n")[1]
-OUTPUT_FORMATS = ("coco", "parquet")
-OUTPUT_FILES = {"coco": "annotations.json", "parquet": "annotations.parquet"}
-MANIFEST_FILE = "manifest.json"
-SHARDS_DIR = "shards"
-# Bumped when the shard files change meaning, so that an old folder is not resumed with new code.
-MANIFEST_VERSION = 1
-EVERYTHING_CATEGORY = "object"
-IMAGE_SUFFIXES = frozenset(suffix.lower() for suffix in PIL.Image.registered_extensions())
-# One row per annotation in the parquet output: the COCO annotation's fields and its image's.
-PARQUET_SCHEMA = pa.schema(
-    [
-        ("id", pa.int64()),
-        ("image_id", pa.int64()),
-        ("file_name", pa.string()),
-        ("height", pa.int64()),
-        ("width", pa.int64()),
-        ("category_id", pa.int64()),
-        ("text", pa.string()),
-        ("score", pa.float64()),
-        ("match_probability", pa.float64()),
-        ("area", pa.int64()),
-        ("bbox", pa.list_(pa.float64(), 4)),
-        ("segmentation", pa.struct([("size", pa.list_(pa.int64(), 2)), ("counts", pa.string())])),
-        ("source_annotation_id", pa.int64()),
-    ]
-)
-
-
-@dataclass
-class AnnotationItem:
-    """
-    One input image and its prompts.
-
-    Attributes:
-        index (`int`): position in the input (what shards are cut by).
-        image_id (`int`): the output's image id: `index + 1`, or the COCO file's id.
-        file_name (`str`): the image's path relative to the input folder (COCO: its `file_name`); `""` for an
-            in-memory image.
-        load (`Callable[[], PIL.Image.Image]`): reads the image.
-        texts (`list[str]`, *optional*): the text prompts of this image.
-        boxes (`list[dict]`, *optional*): the box prompts, each `{"box": [x1, y1, x2, y2], "category_id", "text",
-            "source_annotation_id"}`.
-    """
-
-    index: int
-    image_id: int
-    file_name: str
-    load: Callable[[], PIL.Image.Image]
-    texts: list[str] | None = None
-    boxes: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -142,209 +98,7 @@ class AnnotationResult:
     process_index: int
 
 
-# ------------------------------------------------------------------------------------------------------------ input
-
-
-class _Source:
-    """The input as [`AnnotationItem`]s in input order: by index ranges when its length is known, else as a stream."""
-
-    def __init__(
-        self,
-        description: str,
-        length: int | None,
-        get: Callable[[range], list[AnnotationItem]] | None = None,
-        stream: Callable[[], Iterator[AnnotationItem]] | None = None,
-        categories: list[dict[str, Any]] | None = None,
-    ) -> None:
-        self.description = description
-        self.length = length
-        self.get = get
-        self.stream = stream
-        self.categories = categories
-
-
-def _rgb_file(path: Path, name: str) -> Callable[[], PIL.Image.Image]:
-    def load() -> PIL.Image.Image:
-        try:
-            with PIL.Image.open(path) as image:
-                return image.convert("RGB")
-        except (OSError, PIL.Image.DecompressionBombError) as error:
-            raise ValueError(f"The image {name} ({path}) cannot be read: {error}") from None
-
-    return load
-
-
-def _image_folder_source(folder: Path, texts: list[str] | None) -> _Source:
-    files = sorted(
-        (path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda path: path.relative_to(folder).as_posix(),
-    )
-    if not files:
-        raise ValueError(
-            f"`source` {folder} holds no images (files ending in {', '.join(sorted(IMAGE_SUFFIXES)[:6])}, ...), no "
-            "metadata file and no parquet or arrow files."
-        )
-
-    def get(indices: range) -> list[AnnotationItem]:
-        items = []
-        for index in indices:
-            name = files[index].relative_to(folder).as_posix()
-            items.append(AnnotationItem(index, index + 1, name, _rgb_file(files[index], name), texts))
-        return items
-
-    return _Source(str(folder.resolve()), len(files), get=get)
-
-
-def _coco_source(path: Path, image_root: Path | None, texts: list[str] | None, boxes: bool) -> _Source:
-    coco = read_coco_instances(path, image_root)
-    categories = [{"id": key, "name": name} for key, name in coco.categories.items()]
-    if texts is None and not boxes:  # prompted by the category names, which keep the file's category ids
-        if not categories:
-            raise ValueError(f"{path} has no categories: give the text prompts with `texts`.")
-        prompt_texts = list(dict.fromkeys(coco.categories.values()))
-    else:
-        prompt_texts = texts
-
-    def box_prompts(image: dict[str, Any]) -> list[dict[str, Any]]:
-        prompts = []
-        for annotation in coco.annotations[image["id"]]:
-            bbox = annotation.get("bbox")
-            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-                raise ValueError(f"{path}: annotation {annotation.get('id', '?')} has no 'bbox' [x, y, w, h].")
-            x, y, w, h = (float(v) for v in bbox)
-            # COCO boxes are float and may reach a hair past the border; the processor wants them inside the image.
-            box = [max(0.0, x), max(0.0, y), min(float(image["width"]), x + w), min(float(image["height"]), y + h)]
-            category = annotation.get("category_id")
-            prompts.append(
-                {
-                    "box": box,
-                    "category_id": category,
-                    "text": coco.categories.get(category),
-                    "source_annotation_id": annotation.get("id"),
-                }
-            )
-        return prompts
-
-    def get(indices: range) -> list[AnnotationItem]:
-        items = []
-        for index in indices:
-            image = coco.images[index]
-            load = _rgb_file(coco.image_path(image), image["file_name"])
-            item = AnnotationItem(index, image["id"], image["file_name"], load, None if boxes else prompt_texts)
-            if boxes:
-                item.boxes = box_prompts(image)
-            items.append(item)
-        return items
-
-    if texts is not None and not boxes:
-        categories = [{"id": i + 1, "name": text} for i, text in enumerate(texts)]
-    return _Source(str(path.resolve()), len(coco.images), get=get, categories=categories)
-
-
-def _dataset_source(
-    dataset: datasets.Dataset | datasets.IterableDataset,
-    description: str,
-    root: Path | None,
-    image_column: str,
-    text_column: str | None,
-    texts: list[str] | None,
-) -> _Source:
-    names = dataset.column_names
-    if names is None:
-        first = next(iter(dataset.take(1)), None)
-        names = [] if first is None else list(first)
-    for argument, column in (("image_column", image_column), ("text_column", text_column)):
-        if column is not None and column not in names:
-            raise ValueError(f"`{argument}`={column!r} is not a column of the dataset; available columns: {names}.")
-    if dataset.features is not None and isinstance(dataset.features.get(image_column), datasets.Image):
-        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-
-    def item(index: int, row: dict[str, Any]) -> AnnotationItem:
-        value = image_file_value(row[image_column], root, f"image of row {index}")
-        path = value.get("path") or ""
-        if path and root is not None and Path(path).is_relative_to(root):
-            path = Path(path).relative_to(root).as_posix()
-        row_texts = texts if text_column is None else sentence_texts(row[text_column], f"text of row {index}")
-        return AnnotationItem(index, index + 1, path, lambda: open_image_value(value).convert("RGB"), row_texts)
-
-    if isinstance(dataset, datasets.IterableDataset):
-        return _Source(description, None, stream=lambda: (item(i, row) for i, row in enumerate(dataset)))
-
-    def get(indices: range) -> list[AnnotationItem]:
-        batch = dataset[indices.start : indices.stop]
-        return [item(index, {key: batch[key][i] for key in batch}) for i, index in enumerate(indices)]
-
-    return _Source(description, len(dataset), get=get)
-
-
-def _open_source(
-    source: str | os.PathLike | datasets.Dataset | datasets.IterableDataset,
-    texts: list[str] | None,
-    text_column: str | None,
-    boxes: bool,
-    image_column: str,
-    image_root: str | os.PathLike | None,
-    split: str | None,
-    streaming: bool,
-) -> tuple[_Source, str]:
-    """The input and its kind (`"images"`, `"coco"`, `"dataset"`)."""
-    root = None if image_root is None else Path(image_root)
-    if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
-        fingerprint = getattr(source, "_fingerprint", None) or f"in-memory {type(source).__name__}"
-        return _dataset_source(source, fingerprint, root, image_column, text_column, texts), "dataset"
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(
-            f"`source` must be a path, a Hub dataset id or a `datasets` dataset, got {type(source).__name__}."
-        )
-    path = Path(source)
-    kind = None
-    if path.is_file():
-        kind = find_referring_source(path).kind
-        if kind == "refcoco":
-            raise ValueError(f"`source` {path} is a RefCOCO refs file; annotate its instances.json (a COCO file).")
-    elif path.is_dir():
-        try:
-            kind = find_referring_source(path).kind
-        except ValueError:
-            kind = "images"
-        kind = kind if kind in ("saved", "table") else "images"
-    if kind == "coco":
-        if text_column is not None:
-            raise ValueError("`text_column` reads a dataset column; a COCO file has none (give `texts`).")
-        return _coco_source(path, root, texts, boxes), "coco"
-    if boxes:
-        raise ValueError(f"`boxes` prompts with the boxes of a COCO file; `source` {source} is not one.")
-    if kind == "images":
-        if text_column is not None:
-            raise ValueError(f"`text_column` reads a dataset column; `source` {path} is a folder of images.")
-        if split is not None:
-            raise ValueError(f"`split` selects a dataset split; `source` {path} is a folder of images.")
-        return _image_folder_source(path, texts), "images"
-    if kind is None and not looks_like_hub_id(str(source)):
-        raise ValueError(f"`source` {source} does not exist (give a folder, a file, or a Hub dataset id).")
-    dataset, folder = load_raw_dataset(source, split, streaming=streaming)
-    description = str(path.resolve()) if path.exists() else str(source)
-    return _dataset_source(dataset, description, root or folder, image_column, text_column, texts), "dataset"
-
-
 # ----------------------------------------------------------------------------------------------------------- model
-
-
-def _encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
-    """`[N, H, W]` bool masks → COCO `segmentation` (compressed RLE, `str` counts), `area` and `bbox` (x, y, w, h)."""
-    if len(masks) == 0:
-        return []
-    array = np.asfortranarray(masks.permute(1, 2, 0).numpy().astype(np.uint8))
-    rles = mask_utils.encode(array)
-    areas, boxes = mask_utils.area(rles), mask_utils.toBbox(rles)
-    return [
-        {
-            "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
-            "area": int(area),
-            "bbox": [float(v) for v in box],
-        }
-        for rle, area, box in zip(rles, areas, boxes, strict=True)
-    ]
 
 
 class _Annotator:
@@ -442,7 +196,7 @@ class _Annotator:
         for count, size in zip(counts, sizes, strict=True):
             part = slice(start, start + count)
             annotations = []
-            masks = _encode_masks(self._masks(logits[part], size))
+            masks = encode_masks(self._masks(logits[part], size))
             for text, mask, score, probability in zip(
                 texts[part], masks, scores[part].tolist(), probabilities[part].tolist(), strict=True
             ):
@@ -466,7 +220,7 @@ class _Annotator:
             input_boxes=prompts["input_boxes"].to(device=self.model.device, dtype=self.model.dtype),
         )
         logits, scores = select_best_masks(out.pred_masks[0], out.iou_scores[0])
-        masks = _encode_masks(self._masks(logits, size))
+        masks = encode_masks(self._masks(logits, size))
         return [
             {"text": box["text"], "category_id": box["category_id"], "source_annotation_id": box["source_annotation_id"],
              "score": score, "match_probability": None, **mask}
@@ -480,7 +234,7 @@ class _Annotator:
         )
         annotations = [
             {"text": None, "score": score, "match_probability": None, **mask}
-            for mask, score in zip(_encode_masks(masks.bool()), torch.as_tensor(out["scores"]).tolist(), strict=True)
+            for mask, score in zip(encode_masks(masks.bool()), torch.as_tensor(out["scores"]).tolist(), strict=True)
         ]
         return {
             "index": item.index,
@@ -490,107 +244,6 @@ class _Annotator:
             "width": image.width,
             "annotations": annotations,
         }
-
-
-# ---------------------------------------------------------------------------------------------------------- files
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(temporary)` then rename it to `path`: a reader sees the whole file or none (a killed run leaves none)."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    def write(temporary: Path) -> None:
-        with temporary.open("w", encoding="utf-8") as handle:
-            json.dump(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    _write_atomic(path, write)
-
-
-def _shard_path(output_dir: Path, shard: int) -> Path:
-    return output_dir / SHARDS_DIR / f"shard-{shard:06d}.json"
-
-
-def _written_shards(output_dir: Path) -> dict[int, Path]:
-    found = {}
-    for path in (output_dir / SHARDS_DIR).glob("shard-*.json"):
-        try:
-            found[int(path.stem.removeprefix("shard-"))] = path
-        except ValueError:
-            continue
-    return found
-
-
-def _check_manifest(output_dir: Path, manifest: dict[str, Any]) -> None:
-    """Refuse an output folder holding another run's shards (same check in every process, before any work)."""
-    path = output_dir / MANIFEST_FILE
-    if path.is_file():
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"`output_dir` {output_dir} has an unreadable {MANIFEST_FILE} ({error}).") from None
-        differing = [key for key in sorted(set(stored) | set(manifest)) if stored.get(key) != manifest.get(key)]
-        if differing:
-            key = differing[0]
-            raise ValueError(
-                f"`output_dir` {output_dir} holds the shards of a different run: its {MANIFEST_FILE} has "
-                f"{key}={stored.get(key)!r}, this run {key}={manifest.get(key)!r} (differing settings: {differing}). "
-                "Give another `output_dir`, or delete this one to start over."
-            )
-    elif _written_shards(output_dir):
-        raise ValueError(
-            f"`output_dir` {output_dir} holds shards but no {MANIFEST_FILE}: they may be another run's. Give another "
-            "`output_dir`, or delete this one to start over."
-        )
-
-
-def _merge(
-    output_dir: Path, num_shards: int, output_format: str, categories: list[dict[str, Any]] | None
-) -> tuple[Path, int]:
-    """Merge the shard files into the output file; returns its path and its number of annotations."""
-    images, annotations = [], []
-    by_name = {} if categories is None else {category["name"]: category["id"] for category in reversed(categories)}
-    dynamic = categories is None
-    categories = [] if categories is None else list(categories)
-    for shard in range(num_shards):
-        with _shard_path(output_dir, shard).open(encoding="utf-8") as handle:
-            for image in json.load(handle)["images"]:
-                images.append({key: image[key] for key in ("id", "file_name", "height", "width")})
-                for found in image["annotations"]:
-                    category = found.get("category_id")
-                    if category is None:
-                        name = EVERYTHING_CATEGORY if found["text"] is None else found["text"]
-                        if dynamic and name not in by_name:
-                            by_name[name] = len(by_name) + 1
-                            categories.append({"id": by_name[name], "name": name})
-                        category = by_name[name]
-                    annotation = {"id": len(annotations) + 1, "image_id": image["id"], "category_id": category}
-                    annotation.update({key: value for key, value in found.items() if key != "category_id"})
-                    annotation["iscrowd"] = 0
-                    annotations.append(annotation)
-    path = output_dir / OUTPUT_FILES[output_format]
-    if output_format == "coco":
-        _write_json(path, {"images": images, "annotations": annotations, "categories": categories})
-    else:
-        image_fields = {image["id"]: image for image in images}
-        rows = [
-            {
-                **{field: annotation.get(field) for field in PARQUET_SCHEMA.names},
-                **{field: image_fields[annotation["image_id"]][field] for field in ("file_name", "height", "width")},
-            }
-            for annotation in annotations
-        ]
-        table = pa.Table.from_pylist(rows, schema=PARQUET_SCHEMA)
-        _write_atomic(path, lambda temporary: pq.write_table(table, temporary))
-    return path, len(annotations)
 
 
 # ------------------------------------------------------------------------------------------------------- annotate
@@ -648,7 +301,7 @@ def _load_model(
 
 
 def _my_shards(
-    source: _Source, shard_size: int, rank: int, world: int, written: set[int]
+    source: AnnotationSource, shard_size: int, rank: int, world: int, written: set[int]
 ) -> Iterator[tuple[int, list[AnnotationItem]]]:
     """This process's shards not yet written, with their items; a stream is read to its end to learn its length."""
     if source.length is not None:
@@ -774,7 +427,9 @@ def annotate(
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"`output_dir` {output_dir} is a file; give a folder.")
 
-    input_source, kind = _open_source(source, texts, text_column, boxes, image_column, image_root, split, streaming)
+    input_source, kind = open_annotation_source(
+        source, texts, text_column, boxes, image_column, image_root, split, streaming
+    )
     if not chosen and kind != "coco":
         raise ValueError("Give a prompt source: `texts`, `text_column`, `boxes` (COCO input) or `everything`.")
     prompts = "boxes" if boxes else "everything" if everything else "text"
@@ -811,7 +466,7 @@ def annotate(
         ),
     }  # fmt: skip
 
-    _check_manifest(output_dir, manifest)  # before the model loads: a wrong folder fails at once
+    check_manifest(output_dir, manifest)  # before the model loads: a wrong folder fails at once
     model, processor = _load_model(model, processor)
     config = model.config
     if not config.has_segmentation or (prompts == "text" and not config.has_blip):
@@ -823,13 +478,13 @@ def annotate(
     cpu = (device is not None and torch.device(device).type == "cpu") or not torch.accelerator.is_available()
     state = PartialState(cpu=cpu)
     rank, world = state.process_index, state.num_processes
-    written_before = _written_shards(output_dir) if output_dir.is_dir() else {}
+    written_before = written_shards(output_dir) if output_dir.is_dir() else {}
     if state.is_main_process:
         (output_dir / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
         for leftover in (output_dir / SHARDS_DIR).glob(".shard-*.tmp-*"):  # files of a killed run's unfinished writes
             leftover.unlink(missing_ok=True)
         if not (output_dir / MANIFEST_FILE).is_file():
-            _write_json(output_dir / MANIFEST_FILE, manifest)
+            write_json(output_dir / MANIFEST_FILE, manifest)
     model = model.to(torch.device(device) if device is not None else state.device).eval()
     annotator = _Annotator(
         model,
@@ -864,7 +519,7 @@ def annotate(
                 batch = items[first : first + batch_size]
                 records.extend(annotator(batch))
                 bar.update(len(batch))
-            _write_json(_shard_path(output_dir, shard), {"shard": shard, "images": records})
+            write_json(shard_path(output_dir, shard), {"shard": shard, "images": records})
             annotated += len(items)
             shards_done += 1
             if max_shards is not None and shards_done >= max_shards:
@@ -877,14 +532,14 @@ def annotate(
     output_file, num_annotations, complete, skipped = None, None, False, 0
     if num_images is not None:
         num_shards = math.ceil(num_images / shard_size)
-        complete = all(_shard_path(output_dir, shard).is_file() for shard in range(num_shards))
+        complete = all(shard_path(output_dir, shard).is_file() for shard in range(num_shards))
         skipped = sum(
             min(shard_size, num_images - shard * shard_size) for shard in written_before if shard < num_shards
         )
         if complete:
             output_file = output_dir / OUTPUT_FILES[output_format]
             if state.is_main_process:
-                output_file, num_annotations = _merge(output_dir, num_shards, output_format, categories)
+                output_file, num_annotations = merge_shards(output_dir, num_shards, output_format, categories)
     state.wait_for_everyone()  # the merged file exists when any process returns
     result = AnnotationResult(
         output_file=output_file,
