@@ -7,11 +7,16 @@ one process: `plain_tiled_decode` below is the previous decoder (image tiled per
 image token per prompt, ConvTranspose2d upscaling, one hypernetwork MLP at a time), on the same module weights, and
 the outputs of both are asserted equal within 1e-5.
 
-    python benchmarks/bench_decoder.py [--repeats 3] [--threads 2] [--profile]
+`--compile` adds a second table: the same decoder compiled in place (`mask_decoder.compile(dynamic=False)`, torch
+inductor, one compilation per prompt count), against its eager runs above, with the compile time and the largest
+difference from the eager outputs.
+
+    python benchmarks/bench_decoder.py [--repeats 3] [--threads 2] [--profile] [--compile]
 """
 
 import math
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -157,7 +162,8 @@ def randomise_decoder(decoder: torch.nn.Module, scale: float = 0.8) -> None:
 
 
 def main() -> None:
-    sys.argv, profile = [a for a in sys.argv if a != "--profile"], "--profile" in sys.argv
+    profile, compile_decoder = "--profile" in sys.argv, "--compile" in sys.argv
+    sys.argv = [a for a in sys.argv if a not in ("--profile", "--compile")]
     args = benchmark_arguments(__doc__.splitlines()[0])
 
     config = EsamBlipConfig(sam_vision_config={"hidden_size": 192, "num_attention_heads": 3})
@@ -224,6 +230,39 @@ def main() -> None:
         print(f"{count} prompts: max abs difference {diff:.1e} (logits up to {magnitude:.1f})")
     if profile:
         print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25))
+    if compile_decoder:
+        compiled_rows(sam, config, times, args.repeats)
+
+
+def compiled_rows(sam, config: EsamBlipConfig, eager_times: dict, repeats: int) -> None:
+    """The decoder compiled in place by torch inductor against its eager times: `| prompts | eager | compiled | ...`."""
+    size = config.prompt_encoder_config.image_size
+    generator = torch.Generator().manual_seed(1)
+    rows = []
+    with torch.inference_mode():
+        embeddings = torch.randn(1, sam.mask_decoder.config.hidden_size, 64, 64, generator=generator)
+        inputs = {}
+        for count in PROMPT_COUNTS:
+            points = torch.rand(1, count, 1, 2, generator=generator) * size
+            labels = torch.ones(1, count, 1, dtype=torch.long)
+            inputs[count] = assemble_prompts(points, labels, None, config.prompt_encoder_config.max_num_points)
+        eager = {count: sam.predict_masks(embeddings, *inputs[count]) for count in PROMPT_COUNTS}
+        sam.mask_decoder.compile(dynamic=False)
+        for count in PROMPT_COUNTS:
+            start = time.perf_counter()
+            got = sam.predict_masks(embeddings, *inputs[count])  # compiles for this shape
+            compile_seconds = time.perf_counter() - start
+            diff = max((got[0] - eager[count][0]).abs().max().item(), (got[1] - eager[count][1]).abs().max().item())
+            assert diff <= TOLERANCE, f"compiled, {count} prompts: outputs differ by {diff:.2e}"
+            seconds = timed(lambda count=count: sam.predict_masks(embeddings, *inputs[count]), repeats)
+            eager_ms = 1e3 * eager_times[count][0] / count
+            rows.append(
+                f"| {count} | {eager_ms:.1f} | {1e3 * seconds / count:.1f} | {eager_times[count][0] / seconds:.2f}x | "
+                f"{compile_seconds:.0f} | {diff:.1e} |"
+            )
+    print("| prompts | eager (ms/prompt) | compiled (ms/prompt) | speed-up | compile time (s) | max abs difference |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":
