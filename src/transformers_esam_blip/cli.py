@@ -403,7 +403,7 @@ def segment_prompts(args: argparse.Namespace, image: PIL.Image.Image, mask: np.n
     best = int(best_mask_indices(scores))
     mask = processor.post_process_masks(out.pred_masks[:, :, best : best + 1].cpu(), inputs["original_sizes"])[0][0, 0]
     area = int(mask.sum())
-    print(f"best of {len(scores)} candidates: #{best}, predicted IoU {scores[best].item():.3f}, mask {area} px")
+    print(f"best of {len(scores)} candidates: #{best}, predicted IoU {scores[best].item():.2f}, mask {area} px")
     picture = draw_masks(image, mask, points=points, labels=labels, boxes=None if args.box is None else [args.box])
     _save_picture(args.output, picture)
     return {

@@ -220,7 +220,8 @@ class TextPromptedSegmentationPipeline(_EsamBlipSegmentationPipeline):
     Each result dict holds:
     - `"text"` (`str`): the text as given;
     - `"mask"` (`torch.BoolTensor` `[H, W]`): the candidate with the highest predicted IoU, at the original size;
-    - `"score"` (`float`): its predicted IoU;
+    - `"score"` (`float`): its predicted IoU (SAM's IoU head is a linear regression: a score may land a little
+      outside [0, 1]);
     - `"points"` (`list[list[float]]`): the prompt points `[x, y]` in original-image pixels (padding dropped; empty
       with learned prompts);
     - `"point_labels"` (`list[int]`): 1 salient point, 0 background point;
@@ -351,7 +352,8 @@ class PromptableSegmentationPipeline(_EsamBlipSegmentationPipeline):
 
     Each result is a list with one dict per query (per text with texts), holding:
     - `"mask"` (`torch.BoolTensor` `[H, W]`): the candidate with the highest predicted IoU, at the original size;
-    - `"score"` (`float`): its predicted IoU;
+    - `"score"` (`float`): its predicted IoU (SAM's IoU head is a linear regression: a score may land a little
+      outside [0, 1]);
     - `"low_res_logits"` (`torch.FloatTensor` `[m, m]`): its low-resolution logits, to pass back as that query's
       `input_masks` entry (iterative refinement);
     - with texts, the fields of [`TextPromptedSegmentationPipeline`] too: `"text"`, `"points"`, `"point_labels"`,
