@@ -15,18 +15,8 @@ import torch
 
 from transformers_esam_blip import EsamBlipForPromptableSegmentation, EsamBlipProcessor
 from transformers_esam_blip.data.synthetic import generate_scene, scene_rng
+from transformers_esam_blip.evaluation_prompts import objects_found
 from transformers_esam_blip.mask_generator import EsamBlipMaskGenerator
-
-
-def object_recall(masks: list[torch.Tensor], objects: list[dict], min_iou: float = 0.5) -> list[bool]:
-    """For each object: does a kept mask overlap it at mask IoU >= `min_iou`?"""
-    found = []
-    kept = [np.asarray(mask, dtype=bool) for mask in masks]
-    for obj in objects:
-        truth = np.asarray(obj["mask"], dtype=bool)
-        ious = [(mask & truth).sum() / max((mask | truth).sum(), 1) for mask in kept]
-        found.append(max(ious, default=0.0) >= min_iou)
-    return found
 
 
 def main() -> None:
@@ -54,7 +44,7 @@ def main() -> None:
                 out = generator(image)
                 seconds += time.perf_counter() - start
                 decoded += out["num_points_decoded"]
-                found += object_recall(out["masks"], objects)
+                found += objects_found(out["masks"], [obj["mask"] for obj in objects])
             baseline = baseline or seconds
             print(
                 f"| {grid} | {side} | {np.mean(found):.3f} | {decoded:,} of {side**2 * len(scenes):,} | "

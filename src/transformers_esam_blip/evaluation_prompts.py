@@ -17,6 +17,7 @@ Protocol (one image encoding per scene and prompt type; the best of the 3 candid
   expressions; the ITM ROC-AUC over present against absent expressions, overall and per kind of absent expression.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import datasets
@@ -71,6 +72,12 @@ def centre_point(mask: np.ndarray) -> tuple[float, float]:
 def _iou(prediction: np.ndarray, target: np.ndarray) -> float:
     union = np.logical_or(prediction, target).sum()
     return float(np.logical_and(prediction, target).sum() / union) if union else 1.0
+
+
+def objects_found(masks: Sequence[Any], targets: Sequence[np.ndarray], min_iou: float = 0.5) -> list[bool]:
+    """Segment-everything recall per object: for each target mask, does one of `masks` reach IoU >= `min_iou`?"""
+    generated = [np.asarray(mask, dtype=bool) for mask in masks]
+    return [any(_iou(mask, np.asarray(target, dtype=bool)) >= min_iou for mask in generated) for target in targets]
 
 
 def _scenes(dataset: datasets.Dataset) -> list[list[dict[str, Any]]]:
@@ -244,9 +251,7 @@ def evaluate_prompt_types(
             ]
 
         if index < everything_scenes:
-            generated = [mask.numpy() for mask in generator(runner.image)["masks"]]
-            for target in objects:
-                found.append(any(_iou(mask, target) >= 0.5 for mask in generated))
+            found += objects_found(generator(runner.image)["masks"], objects)
 
     return _summary(scores, found, np.array(probabilities), np.array(match_labels), absent_kinds)
 
@@ -310,4 +315,5 @@ __all__ = [
     "centre_point",
     "evaluate_prompt_types",
     "format_prompt_type_table",
+    "objects_found",
 ]
